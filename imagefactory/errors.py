@@ -1,0 +1,47 @@
+"""Errors the CLI turns into one clear line and a documented exit code.
+
+Every stage raises one of these for bad input or a failed check; anything else
+is a bug and is reported as such (with the traceback only under --debug).
+"""
+
+
+class ImageFactoryError(Exception):
+    """A failure the user can act on. The message is the whole story."""
+
+    exit_code = 1
+
+
+class RecipeError(ImageFactoryError):
+    """A recipe is malformed or unknown."""
+
+    exit_code = 1
+
+
+class VerificationError(ImageFactoryError):
+    """A signature, checksum or size did not match, or a Release expired."""
+
+    exit_code = 3
+
+
+class FetchError(ImageFactoryError):
+    """A mirror or URL could not be reached or answered with an error."""
+
+    exit_code = 4
+
+
+class ResolveError(ImageFactoryError):
+    """The requested package set cannot be satisfied."""
+
+    exit_code = 5
+
+
+class EnvironmentProblem(ImageFactoryError):
+    """The host lacks something: a tool, root, a kernel feature, disk space."""
+
+    exit_code = 6
+
+
+class UnsafeInput(ImageFactoryError):
+    """Hostile or malformed input: absolute or '..' archive members, symlink escapes."""
+
+    exit_code = 7
