@@ -55,8 +55,13 @@ class LazyGroup(click.Group):
         module, attr = target.split(":")
         try:
             return getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as exc:  # a stage not built yet
-            raise click.ClickException(f"command {name!r} is not available: {exc}")
+        except (ImportError, AttributeError) as exc:  # a stage whose module is missing
+            reason = f"not available here: {exc}"
+
+            def unavailable() -> None:
+                raise click.ClickException(f"command {name!r} is {reason}")
+
+            return click.Command(name, callback=unavailable, help=f"({reason})")
 
 
 @click.group(cls=LazyGroup, epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
