@@ -1,0 +1,172 @@
+"""Seed one guest: verify, unpack, configure, then commit everything at once.
+
+Both the guest root and its conf dir are built under hidden staging names
+next to their targets and renamed into place only when complete, with
+SIGINT/SIGTERM blocked during those few renames. Any failure (or Ctrl-C)
+before that removes the staging dirs and leaves the host as it was; a
+replaced guest is moved aside first and restored if the commit fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imagefactory.atomic import remove_tree, staging_name
+from imagefactory.errors import ImageFactoryError
+from imagefactory.progress import Progress
+from imagefactory.seed import barrier, contexts, lxc, nspawn, unpack, vserver_conf
+from imagefactory.seed.guest import Guest
+from imagefactory.seed.limits import render
+
+
+@dataclass
+class SeedResult:
+    name: str
+    context: int
+    root: str
+    conf: str
+    image: str
+    image_sha256: str
+    barrier: dict
+    files: dict[str, str] = field(default_factory=dict)  # format -> path of its config
+    replaced: bool = False
+    leftovers: list[str] = field(default_factory=list)  # old trees we could not delete
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def write_tree(stage: Path, tree: vserver_conf.ConfTree) -> None:
+    """Materialise a conf tree (files 0644, dirs 0755) under a fresh stage dir."""
+    stage.mkdir(mode=0o755)
+    for rel, content in sorted(tree.files.items()):
+        path = stage / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, content.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for rel, target in sorted(tree.links.items()):
+        path = stage / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, path)
+
+
+def has_init(root: Path) -> bool:
+    """Whether the guest can boot (nspawn Boot=yes) rather than just run a command."""
+    return any(os.path.lexists(root / p) for p in ("sbin/init", "usr/sbin/init"))
+
+
+@contextlib.contextmanager
+def signals_blocked() -> Iterator[None]:
+    """Keep Ctrl-C/TERM out of the commit renames; they are delivered afterwards."""
+    sigs = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def commit(pairs: list[tuple[Path, Path]]) -> list[Path]:
+    """Rename each stage over its target, all or nothing; returns the moved-aside old targets."""
+    done: list[tuple[Path, Path, Path | None, bool]] = []
+    with signals_blocked():
+        try:
+            for stage, target in pairs:
+                aside = None
+                if os.path.lexists(target):
+                    aside = target.with_name(f".{target.name}.old-{os.getpid()}")
+                    os.rename(target, aside)
+                done.append((stage, target, aside, False))
+                os.rename(stage, target)
+                done[-1] = (stage, target, aside, True)
+        except BaseException:
+            for stage, target, aside, installed in reversed(done):
+                if installed:
+                    os.rename(target, stage)
+                if aside is not None:
+                    os.rename(aside, target)
+            raise
+    return [aside for _, _, aside, _ in done if aside is not None]
+
+
+def clean_stale(target: Path) -> None:
+    """Remove staging dirs of earlier seeds of this name whose process is gone (e.g. SIGKILL)."""
+    if not target.parent.is_dir():
+        return
+    for entry in target.parent.glob(f".{target.name}.partial-*"):
+        pid = entry.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            remove_tree(entry)
+
+
+def seed_image(
+    image: Path, guest: Guest, *, replace: bool = False, progress: Progress | None = None
+) -> SeedResult:
+    """Seed guest from a local image whose manifest sits beside it."""
+    progress = progress or Progress(quiet=True)
+    manifest = unpack.load_manifest(image)
+    with open(image, "rb") as fh:
+        progress.stage(f"verifying {image.name}")
+        unpack.verify(fh, manifest, str(image))
+        fh.seek(0)
+        with contexts.allocation_lock(guest.confdir):
+            existing = [p for p in (guest.root, guest.conf) if os.path.lexists(p)]
+            if existing and not replace:
+                raise ImageFactoryError(
+                    f"guest {guest.name!r} exists ({', '.join(map(str, existing))}); use --replace"
+                )
+            context = contexts.allocate(guest.confdir, guest.name)
+            guest.vdir.mkdir(parents=True, exist_ok=True)
+            protection = barrier.protect(guest.vdir)
+            root_stage, conf_stage = staging_name(guest.root), staging_name(guest.conf)
+            for target in (guest.root, guest.conf):
+                clean_stale(target)
+            try:
+                progress.stage(f"unpacking into {guest.root}")
+                root_stage.mkdir(mode=0o755)
+                unpack.unpack(fh, root_stage, total=int(manifest.get("files") or 0), progress=progress)
+                progress.stage(f"writing config {guest.conf} (context {context})")
+                limits = render(guest.limits, os.sysconf("SC_PAGE_SIZE"))
+                tree = vserver_conf.render(guest, context, limits, json.dumps(manifest, indent=2) + "\n")
+                tree.add(nspawn.render(guest, limits, boot=has_init(root_stage)))
+                tree.add(lxc.render(guest, limits))
+                write_tree(conf_stage, tree)
+                old = commit([(root_stage, guest.root), (conf_stage, guest.conf)])
+            finally:
+                for stage in (root_stage, conf_stage):
+                    if os.path.lexists(stage):
+                        remove_tree(stage)
+    leftovers = []
+    for path in old:
+        try:
+            remove_tree(path)
+        except OSError as exc:  # e.g. immutable unified files in the old root
+            leftovers.append(f"{path}: {exc.strerror}")
+    return SeedResult(
+        name=guest.name,
+        context=context,
+        root=str(guest.root),
+        conf=str(guest.conf),
+        image=str(manifest.get("name") or image.name),
+        image_sha256=manifest["image"]["sha256"],
+        barrier=protection.to_dict(),
+        files={
+            "vserver": str(guest.conf),
+            "nspawn": str(guest.conf / nspawn.settings_path(guest.name)),
+            "nspawn-limits": str(guest.conf / nspawn.dropin_path(guest.name)),
+            "lxc": str(guest.conf / lxc.config_path(guest.name)),
+        },
+        replaced=bool(old),
+        leftovers=leftovers,
+    )

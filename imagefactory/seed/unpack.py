@@ -1,0 +1,167 @@
+"""Verify an image against its manifest and unpack it without trusting it.
+
+An image is hostile input until proven otherwise: its hash must match the
+manifest, and every member is checked by a tarfile extraction filter that
+keeps what an OS tree needs (owners, setuid bits, absolute in-guest symlinks,
+the secure /dev set) and refuses what could touch the host (absolute or '..'
+member names, writes through symlinks, links leaving the root, other device
+nodes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import zstandard
+
+from imagefactory.errors import ImageFactoryError, UnsafeInput, VerificationError
+from imagefactory.progress import Progress
+
+IMAGE_SUFFIX = ".tar.zst"
+MANIFEST_SUFFIX = ".manifest.json"
+
+# util-vserver's secure /dev (see docs/seed.md): name -> (major, minor).
+SECURE_DEV: dict[str, tuple[int, int]] = {
+    "null": (1, 3),
+    "zero": (1, 5),
+    "full": (1, 7),
+    "random": (1, 8),
+    "urandom": (1, 9),
+    "tty": (5, 0),
+    "ptmx": (5, 2),
+}
+
+
+def manifest_path(image: Path) -> Path:
+    """`<name>.tar.zst` -> `<name>.manifest.json` beside it."""
+    if not image.name.endswith(IMAGE_SUFFIX):
+        raise ImageFactoryError(f"{image}: an image file must end in {IMAGE_SUFFIX}")
+    return image.with_name(image.name[: -len(IMAGE_SUFFIX)] + MANIFEST_SUFFIX)
+
+
+def load_manifest(image: Path) -> dict:
+    """Read and minimally check the manifest that vouches for an image."""
+    path = manifest_path(image)
+    try:
+        manifest = json.loads(path.read_text())
+        digest = manifest["image"]["sha256"]
+    except FileNotFoundError:
+        raise ImageFactoryError(f"{path}: manifest missing; refusing an image nothing vouches for") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ImageFactoryError(f"{path}: not an image manifest ({exc})") from None
+    if not isinstance(digest, str) or len(digest) != 64:
+        raise ImageFactoryError(f"{path}: image.sha256 is not a SHA-256 hex digest")
+    return manifest
+
+
+def verify(fileobj: BinaryIO, manifest: dict, label: str) -> None:
+    """Check size and SHA-256 of an open image against its manifest."""
+    expected = manifest["image"]
+    size = os.fstat(fileobj.fileno()).st_size
+    if "size" in expected and expected["size"] != size:
+        raise VerificationError(f"{label}: size {size} does not match the manifest's {expected['size']}")
+    actual = hashlib.file_digest(fileobj, "sha256").hexdigest()
+    if actual != expected["sha256"].lower():
+        raise VerificationError(f"{label}: sha256 {actual} does not match the manifest's {expected['sha256']}")
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def member_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+    """tarfile extraction filter for guest images (raises UnsafeInput to refuse)."""
+    name = member.name
+    parts = name.split("/")
+    if name.startswith("/") or ".." in parts:
+        raise UnsafeInput(f"image member {name!r}: absolute or '..' path")
+    root = os.path.realpath(dest)
+    # realpath follows symlinks already unpacked, so this also catches a
+    # member written through an earlier symlink to outside the root.
+    if not _inside(os.path.realpath(os.path.join(root, name)), root):
+        raise UnsafeInput(f"image member {name!r}: would be written outside the guest root")
+    if member.issym():
+        # Absolute targets are resolved inside the guest when it runs; only a
+        # relative target can climb out of the root.
+        target = member.linkname
+        if not target.startswith("/"):
+            resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
+            if resolved == ".." or resolved.startswith("../"):
+                raise UnsafeInput(f"image member {name!r}: symlink to {target!r} leaves the guest root")
+    elif member.islnk():
+        target = member.linkname
+        if target.startswith("/") or ".." in target.split("/"):
+            raise UnsafeInput(f"image member {name!r}: hard link to {target!r} outside the image")
+        if not _inside(os.path.realpath(os.path.join(root, target)), root):
+            raise UnsafeInput(f"image member {name!r}: hard link to {target!r} leaves the guest root")
+    elif member.isblk():
+        raise UnsafeInput(f"image member {name!r}: block device node")
+    elif member.ischr():
+        node = posixpath.normpath(name)
+        expected = SECURE_DEV.get(node.removeprefix("dev/")) if node.startswith("dev/") else None
+        if expected != (member.devmajor, member.devminor):
+            raise UnsafeInput(
+                f"image member {name!r}: character device {member.devmajor},{member.devminor} "
+                "is not in the secure /dev set"
+            )
+    return member
+
+
+# Extended attributes an OS tree needs (file capabilities such as ping's
+# cap_net_raw, ACLs, user attributes); trusted.* and security.* others are
+# host policy, not image content.
+XATTR_ALLOWED = ("security.capability", "system.posix_acl_access", "system.posix_acl_default")
+XATTR_PREFIX = "SCHILY.xattr."
+
+
+def _wanted_xattrs(member: tarfile.TarInfo) -> dict[str, bytes]:
+    out = {}
+    for key, value in member.pax_headers.items():
+        name = key.removeprefix(XATTR_PREFIX)
+        if key.startswith(XATTR_PREFIX) and (name in XATTR_ALLOWED or name.startswith("user.")):
+            out[name] = value.encode("utf-8", "surrogateescape")
+    return out
+
+
+def _apply_xattrs(root: Path, pending: list[tuple[str, dict[str, bytes]]]) -> None:
+    """Set xattrs after extraction: chown and writes would clear file capabilities."""
+    real = os.path.realpath(root)
+    for name, attrs in pending:
+        path = os.path.join(real, name)
+        if not _inside(os.path.realpath(os.path.dirname(path)), real):
+            raise UnsafeInput(f"image member {name!r}: parent left the guest root during unpacking")
+        for key, value in attrs.items():
+            os.setxattr(path, key, value, follow_symlinks=False)
+
+
+def _counted(
+    tar: tarfile.TarFile, total: int, progress: Progress, xattrs: list[tuple[str, dict[str, bytes]]]
+) -> Iterator[tarfile.TarInfo]:
+    for done, member in enumerate(tar, 1):
+        progress.count("unpacked", done, max(total, done), " entries")
+        if not member.issym() and (attrs := _wanted_xattrs(member)):
+            xattrs.append((member.name, attrs))
+        yield member
+
+
+def unpack(fileobj: BinaryIO, dest: Path, *, total: int = 0, progress: Progress | None = None) -> None:
+    """Stream a .tar.zst from fileobj into dest (which must exist and be empty)."""
+    progress = progress or Progress(quiet=True)
+    xattrs: list[tuple[str, dict[str, bytes]]] = []
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(fileobj, closefd=False)
+        with tarfile.open(fileobj=reader, mode="r|") as tar:
+            members = _counted(tar, total, progress, xattrs)
+            # numeric_owner: the guest's uids mean nothing in the host's passwd.
+            tar.extractall(dest, members=members, numeric_owner=True, filter=member_filter)
+    except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
+        raise ImageFactoryError(f"image is not a valid .tar.zst: {exc}") from None
+    _apply_xattrs(dest, xattrs)
+    os.chmod(dest, 0o755)
