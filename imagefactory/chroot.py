@@ -129,6 +129,9 @@ def run(root: Path, argv: Sequence[str], env: dict[str, str] | None = None, what
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
     )
     if proc.returncode != 0:
-        tail = " | ".join(line for line in proc.stdout.strip().splitlines()[-3:])
+        lines = [ln.strip() for ln in proc.stdout.strip().splitlines() if ln.strip()]
+        # dpkg ends with a list of the failed packages; the cause is the first error line.
+        cause = [ln for ln in lines if "error" in ln.lower() or "failed" in ln.lower()][:2] or lines[-2:]
+        tail = " | ".join(cause)
         raise ImageFactoryError(f"{what or argv[0]} failed in the guest (exit {proc.returncode}): {tail}")
     return proc.stdout

@@ -45,7 +45,7 @@ class Interface:
             iface.network.broadcast_address,
         ):
             raise GuestError(f"IP {address!r} is the network or broadcast address of its prefix")
-        if not _DEV.match(dev) or dev in (".", ".."):
+        if not _DEV.fullmatch(dev) or dev in (".", ".."):
             raise GuestError(
                 f"device name {dev!r} is not a Linux interface name "
                 "(1-15 of A-Z a-z 0-9 _ . -, not starting with . or -)"
@@ -79,7 +79,7 @@ class Guest:
 
 
 def check_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise GuestError(
             f"guest name {name!r} must be 1-64 of A-Z a-z 0-9 _ . - and start with a letter or digit"
         )
@@ -89,6 +89,6 @@ def check_name(name: str) -> str:
 def check_hostname(hostname: str) -> str:
     """RFC 1123 host name: dot-separated labels, at most 253 characters."""
     labels = hostname.rstrip(".").split(".")
-    if len(hostname) > 253 or not all(_LABEL.match(label) for label in labels):
+    if len(hostname) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
         raise GuestError(f"hostname {hostname!r} is not a valid host name")
     return hostname.rstrip(".")

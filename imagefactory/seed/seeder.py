@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -85,8 +85,13 @@ def member_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
     root = os.path.realpath(dest)
     # realpath follows symlinks already unpacked, so this also catches a
     # member written through an earlier symlink to outside the root.
-    if not _inside(os.path.realpath(os.path.join(root, name)), root):
+    path = os.path.join(root, name)
+    if not _inside(os.path.realpath(path), root):
         raise UnsafeInput(f"image member {name!r}: would be written outside the guest root")
+    # A tree's archive names each path once; a second entry could only swap
+    # an earlier file or directory for a link.
+    if os.path.lexists(path) and not (member.isdir() and os.path.isdir(path)):
+        raise UnsafeInput(f"image member {name!r}: appears twice in the image")
     if member.issym():
         # Absolute targets are resolved inside the guest when it runs; only a
         # relative target can climb out of the root.

@@ -1,0 +1,188 @@
+"""`imagefactory seed` and `imagefactory guests`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from imagefactory.errors import ImageFactoryError
+from imagefactory.progress import Progress
+from imagefactory.seed import barrier, check, inventory
+from imagefactory.seed.guest import Guest, Interface, check_hostname, check_name
+from imagefactory.seed.limits import Limits
+from imagefactory.seed.seeder import SeedResult, seed_image
+from imagefactory.seed.unpack import IMAGE_SUFFIX
+
+DIR = click.Path(file_okay=False, path_type=Path)
+MIB = 1024 * 1024
+
+
+def resolve_source(source: str, repo: str | None, keyring: Path | None, cache: Path, progress: Progress) -> Path:
+    """A local image path, or pull NAME[@VERSION] (from --repo, or URL/NAME) verified into cache."""
+    if source.endswith(IMAGE_SUFFIX) and "://" not in source:
+        path = Path(source)
+        if not path.is_file():
+            raise ImageFactoryError(f"{path}: no such image file")
+        return path
+    if "://" in source:
+        repo, _, source = source.rstrip("/").rpartition("/")
+    if not repo:
+        raise ImageFactoryError(
+            f"{source!r} is neither a local *{IMAGE_SUFFIX} nor a URL; give --repo URL to pull it by name"
+        )
+    if keyring is None:
+        raise ImageFactoryError("pulling from a repository needs --keyring (the key its SHA256SUMS is signed with)")
+    from repo.pull import pull  # only needed on this path
+
+    name, _, version = source.partition("@")
+    pulled = pull(repo, name, cache, keyring, version=version or None, progress=progress)
+    return Path(pulled["image"])
+
+
+def _print_seed(result: SeedResult, unified: dict | None) -> None:
+    click.echo(f"seeded {result.name}: context {result.context}, image {result.image} ({result.image_sha256[:12]})")
+    click.echo(f"  root        {result.root}")
+    for fmt, path in result.files.items():
+        click.echo(f"  {fmt:<11} {path}")
+    state = "set" if result.barrier["barrier"] else "NOT set"
+    click.echo(f"  barrier     {state} on {result.barrier['path']}: {result.barrier['detail']}")
+    if unified is not None:
+        click.echo(
+            f"  unified     mode {unified['mode']}: {unified['linked']} files linked, "
+            f"{unified['bytes_saved'] / MIB:.1f} MiB saved"
+        )
+    for leftover in result.leftovers:
+        click.echo(f"  warning: old tree left behind: {leftover}", err=True)
+
+
+def run_check(confdir: Path, vdir: Path | None, as_json: bool) -> None:
+    page = os.sysconf("SC_PAGE_SIZE")
+    guests = inventory.list_guests(confdir, page, measure=False)
+    ram, swap = check.meminfo(Path("/proc/meminfo").read_text())
+    statuses = [barrier.status(p) for p in check.vdir_parents(guests, [vdir] if vdir else [])]
+    findings = check.evaluate(guests, ram, swap, statuses)
+    if as_json:
+        click.echo(json.dumps({
+            "guests": len(guests),
+            "memory": {"rss_hard_total": sum(g.memory or 0 for g in guests), "ram": ram, "swap": swap},
+            "barriers": [s.to_dict() for s in statuses],
+            "findings": [f.to_dict() for f in findings],
+        }, indent=2))
+    else:
+        total = sum(g.memory or 0 for g in guests)
+        click.echo(f"{len(guests)} guests; RSS hard limits {total // MIB} MiB, RAM {ram // MIB} MiB, swap {swap // MIB} MiB")
+        for status in statuses:
+            click.echo(f"barrier on {status.path}: {status.detail}")
+        for finding in findings:
+            click.echo(f"{finding.level}: {finding.message}")
+        if not findings:
+            click.echo("ok")
+    if any(f.level == "error" for f in findings):
+        raise click.exceptions.Exit(1)
+
+
+def run_unify(result: SeedResult, store: Path, mode: str, progress: Progress) -> dict:
+    """Unify the committed root (the engine indexes guests by their final path)."""
+    from unify.engine import unify
+
+    progress.stage(f"unifying {result.root} into {store}")
+    try:
+        summary = unify([Path(result.root)], store, mode=mode, progress=progress)
+    except ImageFactoryError as exc:
+        raise type(exc)(f"guest {result.name} is seeded, but unifying it failed: {exc}") from None
+    return summary.to_dict()
+
+
+@click.command(epilog="Without a VServer kernel, use the nspawn/ or lxc/ files in the conf dir; see docs/seed.md.")
+@click.argument("source", required=False)
+@click.argument("name", required=False)
+@click.option("--vdir", type=DIR, default=Path("/vservers"), show_default=True, help="Directory holding guest roots.")
+@click.option("--confdir", type=DIR, default=Path("/etc/vservers"), show_default=True,
+              help="util-vserver config base; the guest's config goes to CONFDIR/NAME.")
+@click.option("--ip", "address", metavar="IP/PREFIX", help="Guest address, e.g. 10.0.0.11/24.")
+@click.option("--dev", default="eth0", show_default=True, help="Host network device carrying the address.")
+@click.option("--hostname", help="Guest host name (default: NAME).")
+@click.option("--memory", default="512M", show_default=True,
+              help="RSS hard limit (memory.max); soft limit is 90%. K/M/G suffixes, floor 64M.")
+@click.option("--cpu", default="100%", show_default=True, help="CPU share of one CPU, in (0, 100]%.")
+@click.option("--unify", "do_unify", is_flag=True, help="Unify the new guest into --store right away.")
+@click.option("--store", type=DIR, help="Unification store (also recorded in apps/vunify/hash/).")
+@click.option("--unify-mode", default="auto", show_default=True, help="Mode passed to the unify engine.")
+@click.option("--replace", is_flag=True, help="Replace an existing guest of that name (keeps its context id).")
+@click.option("--repo", help="Repository URL to pull SOURCE from by name.")
+@click.option("--keyring", type=click.Path(dir_okay=False, path_type=Path), help="Key for the repository's signature.")
+@click.option("--cache", type=DIR, default=Path("/var/cache/imagefactory/images"), show_default=True,
+              help="Where pulled images are kept.")
+@click.option("--check", "do_check", is_flag=True, help="Check all guests instead: overcommit, duplicates, barrier.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+def seed(source, name, vdir, confdir, address, dev, hostname, memory, cpu, do_unify, store, unify_mode,
+         replace, repo, keyring, cache, do_check, as_json, quiet) -> None:
+    """Seed guest NAME from SOURCE: a local IMAGE.tar.zst (with its manifest beside it),
+    NAME[@VERSION] from --repo, or REPO-URL/NAME[@VERSION].
+
+    \b
+    Writes the root to VDIR/NAME (hash checked first, unpacked safely) and
+    CONFDIR/NAME in util-vserver's layout, plus the same guest as a
+    systemd-nspawn machine (nspawn/) and an LXC container (lxc/), all with the
+    same memory and CPU limits. Nothing is left half-written on failure.
+
+    \b
+    Example:
+      imagefactory seed debian-sid.tar.zst web1 --ip 10.0.0.11/24 --dev eth0 \\
+          --hostname web1.example.net --memory 512M --cpu 25%
+    """
+    if do_check:
+        if source or name:
+            raise click.UsageError("--check takes no SOURCE/NAME")
+        run_check(confdir, vdir, as_json)
+        return
+    if not source or not name:
+        raise click.UsageError("need SOURCE and NAME (or --check)")
+    if not address:
+        raise click.UsageError("need --ip IP/PREFIX")
+    if do_unify and store is None:
+        raise click.UsageError("--unify needs --store")
+    guest = Guest(
+        name=check_name(name),
+        hostname=check_hostname(hostname or name),
+        interface=Interface.parse(address, dev),
+        limits=Limits.parse(memory, cpu),
+        vdir=vdir.absolute(),
+        confdir=confdir.absolute(),
+        store=store.absolute() if store else None,
+    )
+    progress = Progress(quiet=quiet)
+    image = resolve_source(source, repo, keyring, cache, progress)
+    result = seed_image(image, guest, replace=replace, progress=progress)
+    unified = run_unify(result, guest.store, unify_mode, progress) if do_unify else None
+    if as_json:
+        click.echo(json.dumps({**result.to_dict(), "unified": unified}, indent=2))
+    else:
+        _print_seed(result, unified)
+
+
+@click.command()
+@click.option("--confdir", type=DIR, default=Path("/etc/vservers"), show_default=True, help="util-vserver config base.")
+@click.option("--json", "as_json", is_flag=True, help="Print the guests as JSON.")
+def guests(confdir, as_json) -> None:
+    """List guests: name, context id, image + version, size, shared %, limits."""
+    rows = inventory.list_guests(confdir, os.sysconf("SC_PAGE_SIZE"))
+    if as_json:
+        click.echo(json.dumps([g.to_dict() for g in rows], indent=2))
+        return
+    header = f"{'NAME':<16} {'CTX':>5}  {'IMAGE':<24} {'VERSION':<15} {'IP':<18} {'SIZE':>9} {'SHARED':>6} {'MEMORY':>7} {'CPU':>6}"
+    click.echo(header)
+
+    def fmt(value, spec: str = "", suffix: str = "") -> str:
+        return "-" if value is None else f"{value:{spec}}{suffix}"
+
+    for g in rows:
+        click.echo(
+            f"{g.name:<16} {fmt(g.context):>5}  {fmt(g.image):<24} {fmt(g.version):<15} {fmt(g.ip):<18} "
+            f"{fmt(g.disk_usage and g.disk_usage / MIB, '.1f', 'M'):>9} {fmt(g.shared_percent, '.1f', '%'):>6} "
+            f"{fmt(g.memory and g.memory // MIB, '', 'M'):>7} {fmt(g.cpu_percent, 'g', '%'):>6}"
+        )

@@ -1,0 +1,117 @@
+"""What guests this host has: read back from their conf dirs and roots."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+
+from imagefactory.seed import contexts
+from imagefactory.seed.vserver_conf import MANIFEST
+from repo.artifacts import image_version
+
+
+@dataclass
+class TreeUsage:
+    disk_usage: int = 0  # st_blocks * 512, each inode once
+    file_bytes: int = 0  # st_size of regular files, each inode once
+    shared_bytes: int = 0  # of those, inodes with more than one link
+
+
+def tree_usage(root: Path) -> TreeUsage:
+    """Disk use of a guest root and how much of it is shared (link count > 1).
+
+    Never follows symlinks; counts each inode once, like du.
+    """
+    usage = TreeUsage()
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                continue
+            seen.add(key)
+            usage.disk_usage += st.st_blocks * 512
+            if stat.S_ISREG(st.st_mode):
+                usage.file_bytes += st.st_size
+                if st.st_nlink > 1:
+                    usage.shared_bytes += st.st_size
+    return usage
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _int(path: Path) -> int | None:
+    text = _read(path)
+    return int(text) if text and text.isdigit() else None
+
+
+@dataclass
+class GuestInfo:
+    name: str
+    context: int | None
+    conf: str
+    root: str | None
+    image: str | None
+    version: str | None
+    image_sha256: str | None
+    ip: str | None
+    memory: int | None  # rss hard limit in bytes
+    cpu_percent: float | None
+    disk_usage: int | None
+    shared_percent: float | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def read_guest(conf: Path, page_size: int, *, measure: bool = True) -> GuestInfo:
+    """One guest's facts from util-vserver's layout (plus our manifest copy)."""
+    try:
+        manifest = json.loads((conf / MANIFEST).read_text())
+    except (OSError, ValueError):
+        manifest = {}
+    # util-vserver's own links may be relative (../.defaults/vdirbase/NAME).
+    root = conf / os.readlink(conf / "vdir") if (conf / "vdir").is_symlink() else None
+    ip, prefix = _read(conf / "interfaces/0/ip"), _read(conf / "interfaces/0/prefix")
+    rss = _int(conf / "rlimits/rss.hard") or _int(conf / "rlimits/rss")
+    fill, interval = _int(conf / "sched/fill-rate"), _int(conf / "sched/interval")
+    usage = tree_usage(root) if measure and root is not None and root.is_dir() else None
+    return GuestInfo(
+        name=_read(conf / "name") or conf.name,
+        context=contexts.read_context(conf),
+        conf=str(conf),
+        root=str(root) if root else None,
+        image=manifest.get("name"),
+        version=image_version(manifest) if manifest else None,
+        image_sha256=(manifest.get("image") or {}).get("sha256"),
+        ip=f"{ip}/{prefix}" if ip and prefix else ip,
+        memory=rss * page_size if rss is not None else None,
+        cpu_percent=float(Fraction(fill * 100, interval)) if fill and interval else None,
+        disk_usage=usage.disk_usage if usage else None,
+        shared_percent=round(100 * usage.shared_bytes / usage.file_bytes, 1) if usage and usage.file_bytes else None,
+    )
+
+
+def guest_dirs(confdir: Path) -> list[Path]:
+    """Conf dirs of guests (dirs with a `context` or `name` file; dot-dirs are staging)."""
+    if not confdir.is_dir():
+        return []
+    return [
+        d
+        for d in sorted(confdir.iterdir())
+        if not d.name.startswith(".") and d.is_dir() and ((d / "context").exists() or (d / "name").exists())
+    ]
+
+
+def list_guests(confdir: Path, page_size: int, *, measure: bool = True) -> list[GuestInfo]:
+    return [read_guest(d, page_size, measure=measure) for d in guest_dirs(confdir)]

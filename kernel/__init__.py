@@ -1,0 +1,1 @@
+"""The host kernel the project owns: recipes, patches, config fragments and packaging."""

@@ -1,0 +1,254 @@
+"""Read the artifacts given to `publish`: .deb, .rpm, images with manifests, extra JSON.
+
+Each reader returns a plain record with the identity the repository keys on
+(package/version/arch, NEVRA, image name/version) and the content hash used to
+detect a "same version, different content" conflict. Inputs are untrusted:
+names that end up in paths are checked against a strict pattern.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gzip
+import hashlib
+import io
+import json
+import lzma
+import re
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import rpmfile
+import zstandard
+from debian_inspector.debcon import get_paragraph_data
+
+from imagefactory.errors import ImageFactoryError, UnsafeInput, VerificationError
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~:-]*$")
+
+
+class ArtifactError(ImageFactoryError):
+    """An input file is not what it claims to be."""
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _safe(value: str, what: str, source: Path) -> str:
+    if not SAFE_NAME.match(value) or ".." in value:
+        raise UnsafeInput(f"{source}: {what} {value!r} is not a safe name")
+    return value
+
+
+@dataclass
+class Deb:
+    path: Path
+    package: str
+    version: str
+    architecture: str
+    control: str  # the control paragraph as shipped, without a trailing newline
+    sha256: str
+    size: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.package}_{self.version}_{self.architecture}"
+
+
+@dataclass
+class Rpm:
+    path: Path
+    name: str
+    epoch: int | None
+    version: str
+    release: str
+    arch: str
+    sha256: str
+    size: int
+
+    @property
+    def key(self) -> str:
+        epoch = f"{self.epoch}:" if self.epoch else ""
+        return f"{self.name}-{epoch}{self.version}-{self.release}.{self.arch}"
+
+
+@dataclass
+class Image:
+    path: Path
+    manifest_path: Path
+    name: str
+    version: str
+    manifest: dict
+    sha256: str
+    size: int
+    manifest_sha256: str = ""
+    manifest_size: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+@dataclass
+class Extra:
+    """A JSON document published as-is (e.g. the kernel recipe manifest beside packages)."""
+
+    path: Path
+    name: str
+    sha256: str
+    size: int
+    data: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+
+def ar_members(data: bytes) -> dict[str, bytes]:
+    """Members of a Unix ar archive (the .deb container); no stdlib module reads it."""
+    if not data.startswith(b"!<arch>\n"):
+        raise ValueError("not an ar archive")
+    members, pos = {}, 8
+    while pos + 60 <= len(data):
+        header = data[pos:pos + 60]
+        if header[58:60] != b"`\n":
+            raise ValueError("corrupt ar member header")
+        name = header[:16].decode("ascii", errors="replace").strip().rstrip("/")
+        size = int(header[48:58].decode("ascii").strip())
+        members[name] = data[pos + 60:pos + 60 + size]
+        pos += 60 + size + (size & 1)
+    return members
+
+
+def _decompress(name: str, blob: bytes) -> bytes:
+    if name.endswith(".gz"):
+        return gzip.decompress(blob)
+    if name.endswith(".xz"):
+        return lzma.decompress(blob)
+    if name.endswith(".zst"):
+        return zstandard.ZstdDecompressor().stream_reader(io.BytesIO(blob)).read()
+    if name.endswith(".tar"):
+        return blob
+    raise ValueError(f"unsupported compression in {name}")
+
+
+def deb_control(data: bytes) -> str:
+    """The control file text of a .deb given as bytes."""
+    members = ar_members(data)
+    if members.get("debian-binary", b"").strip() != b"2.0":
+        raise ValueError("not a Debian binary package (debian-binary is not 2.0)")
+    name = next((n for n in members if n.startswith("control.tar")), None)
+    if name is None:
+        raise ValueError("no control.tar member")
+    with tarfile.open(fileobj=io.BytesIO(_decompress(name, members[name]))) as tar:
+        for member in tar.getmembers():
+            if member.name in ("control", "./control") and member.isfile():
+                return tar.extractfile(member).read().decode("utf-8").strip("\n")
+    raise ValueError("control.tar has no control file")
+
+
+def read_deb(path: Path) -> Deb:
+    try:
+        control = deb_control(path.read_bytes())
+    except (ValueError, tarfile.TarError, lzma.LZMAError, OSError, EOFError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: not a readable .deb ({exc})") from None
+    fields = get_paragraph_data(control)
+    missing = [f for f in ("package", "version", "architecture") if not fields.get(f)]
+    if missing:
+        raise ArtifactError(f"{path}: control file lacks {', '.join(missing)}")
+    for line in control.splitlines():
+        if line.lower().startswith(("filename:", "size:", "md5sum:", "sha256:", "sha1:")):
+            raise ArtifactError(f"{path}: control file carries an archive-only field: {line.split(':')[0]}")
+    digest, size = sha256_file(path)
+    return Deb(path, _safe(fields["package"], "package", path), _safe(fields["version"], "version", path),
+               _safe(fields["architecture"], "architecture", path), control, digest, size)
+
+
+def read_rpm(path: Path) -> Rpm:
+    try:
+        with rpmfile.open(str(path)) as rpm:
+            headers = rpm.headers
+    except Exception as exc:  # rpmfile raises assorted errors on garbage input
+        raise ArtifactError(f"{path}: not a readable .rpm ({exc})") from None
+
+    def text(tag: str) -> str:
+        value = headers.get(tag)
+        return value.decode() if isinstance(value, bytes) else str(value or "")
+
+    if headers.get("sourcerpm") is None:
+        raise ArtifactError(f"{path}: source RPMs are not published")
+    digest, size = sha256_file(path)
+    epoch = headers.get("epoch")
+    return Rpm(path, _safe(text("name"), "name", path), int(epoch) if epoch is not None else None,
+               _safe(text("version"), "version", path), _safe(text("release"), "release", path),
+               _safe(text("arch"), "arch", path), digest, size)
+
+
+def image_version(manifest: dict) -> str | None:
+    """simplestreams-style version from the snapshot time: same snapshot, same version."""
+    epoch = (manifest.get("snapshot") or {}).get("epoch")
+    if not isinstance(epoch, int):
+        return None
+    return _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc).strftime("%Y%m%d_%H%M%S")
+
+
+def read_image(path: Path, version: str | None = None) -> Image:
+    """An image and the manifest beside it; refuse when the manifest's hash is not the file's."""
+    stem = path.name.removesuffix(".tar.zst")
+    manifest_path = path.with_name(f"{stem}.manifest.json")
+    if not manifest_path.is_file():
+        raise ArtifactError(f"{path}: no manifest {manifest_path.name} beside it")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        claimed = manifest["image"]
+        claimed_sha, claimed_size = claimed["sha256"], claimed["size"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{manifest_path}: not an image manifest ({exc})") from None
+    digest, size = sha256_file(path)
+    if digest != claimed_sha or size != claimed_size:
+        raise VerificationError(
+            f"{path}: does not match its manifest (sha256 {digest[:16]}…/{size} B, "
+            f"manifest says {str(claimed_sha)[:16]}…/{claimed_size} B); refusing to publish")
+    name = _safe(str(manifest.get("name") or stem), "image name", manifest_path)
+    version = version or image_version(manifest)
+    if version is None:
+        raise ArtifactError(f"{manifest_path}: no snapshot.epoch to derive a version from; pass --version")
+    m_sha, m_size = sha256_file(manifest_path)
+    return Image(path, manifest_path, name, _safe(version, "version", path), manifest, digest, size, m_sha, m_size)
+
+
+def read_extra(path: Path) -> Extra:
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path}: expected a JSON object")
+    digest, size = sha256_file(path)
+    return Extra(path, _safe(path.name, "file name", path), digest, size, data)
+
+
+def read_any(path: Path, version: str | None = None) -> Deb | Rpm | Image | Extra:
+    """Dispatch on the file name; the content is validated by the reader."""
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such file")
+    name = path.name
+    if name.endswith(".deb"):
+        return read_deb(path)
+    if name.endswith(".rpm"):
+        return read_rpm(path)
+    if name.endswith(".tar.zst"):
+        return read_image(path, version)
+    if name.endswith(".manifest.json") and path.with_name(name.removesuffix(".manifest.json") + ".tar.zst").exists():
+        raise ArtifactError(f"{path}: give the image ({name.removesuffix('.manifest.json')}.tar.zst), "
+                            "its manifest comes along")
+    if name.endswith(".json"):
+        return read_extra(path)
+    raise ArtifactError(f"{path}: not a .deb, .rpm, .tar.zst image or .json manifest")

@@ -1,0 +1,259 @@
+"""Publish artifacts: validate everything, then write one new signed state and switch to it.
+
+Order matters for "bad input leaves the repository unchanged": all inputs are
+read and checked, the key is unlocked and conflicts are decided before the
+first byte of the new state is written; any later failure discards the
+staging directory and `current` still points at the old state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import lzma
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imagefactory.errors import ImageFactoryError
+from imagefactory.progress import Progress
+from repo import apt, rpmmd, streams
+from repo.artifacts import Deb, Extra, Image, Rpm, read_any, sha256_file
+from repo.layout import STATE_FILE, Config, Repo, copy_in, put, retained
+from repo.sign import Signer, SigningKeyError
+
+SECTIONS = {Deb: "debs", Rpm: "rpms", Image: "images", Extra: "extras"}
+GENERATED = ("dists", f"{rpmmd.RPM_DIR}/repodata", "streams", "SHA256SUMS", "SHA256SUMS.gpg", "key.gpg", "key.asc")
+
+
+class ConflictError(ImageFactoryError):
+    """The same version is already published with different content."""
+
+
+@dataclass
+class Plan:
+    add: list = field(default_factory=list)
+    replace: list = field(default_factory=list)
+    unchanged: list = field(default_factory=list)
+
+
+def plan_changes(state: dict, artifacts: list, replace: bool) -> Plan:
+    """Decide per artifact: new, replacing, or already there (pure; raises on conflicts)."""
+    plan, seen = Plan(), {}
+    for art in artifacts:
+        section = SECTIONS[type(art)]
+        ident = (section, art.key)
+        if ident in seen:
+            if seen[ident] != art.sha256:
+                raise ConflictError(f"{art.path}: {art.key} is given twice with different content")
+            continue
+        seen[ident] = art.sha256
+        old = state[section].get(art.key)
+        if old is None:
+            plan.add.append(art)
+        elif old["source_sha256"] == art.sha256:
+            plan.unchanged.append(art)
+        elif replace:
+            plan.replace.append(art)
+        else:
+            raise ConflictError(f"{art.key} is already published with different content "
+                                f"(sha256 {old['source_sha256'][:12]}… vs {art.sha256[:12]}…); "
+                                "pass --replace to overwrite it")
+    return plan
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _add(stage: Path, config: Config, signer: Signer, art, state: dict) -> None:
+    """Copy one artifact into the staging state and record it."""
+    if isinstance(art, Deb):
+        rel = apt.pool_path(config.component, art.package, art.version, art.architecture)
+        md5 = _md5(copy_in(stage, rel, art.path))
+        state["debs"][art.key] = {"package": art.package, "version": art.version,
+                                  "architecture": art.architecture, "filename": rel, "size": art.size,
+                                  "sha256": art.sha256, "md5": md5, "source_sha256": art.sha256,
+                                  "control": art.control}
+    elif isinstance(art, Rpm):
+        rel = f"{rpmmd.RPM_DIR}/Packages/{art.name}-{art.version}-{art.release}.{art.arch}.rpm"
+        target = copy_in(stage, rel, art.path)
+        signer.sign_rpm(target)  # the published copy carries the repository's signature
+        digest, size = sha256_file(target)
+        state["rpms"][art.key] = {"name": art.name, "epoch": art.epoch, "version": art.version,
+                                  "release": art.release, "arch": art.arch, "filename": rel, "size": size,
+                                  "sha256": digest, "source_sha256": art.sha256}
+    elif isinstance(art, Image):
+        base = streams.image_dir(art.name, art.version)
+        rel, mrel = f"{base}/{art.name}.tar.zst", f"{base}/{art.name}.manifest.json"
+        copy_in(stage, rel, art.path)
+        copy_in(stage, mrel, art.manifest_path)
+        state["images"][art.key] = {"name": art.name, "version": art.version, "path": rel, "sha256": art.sha256,
+                                    "size": art.size, "manifest_path": mrel,
+                                    "manifest_sha256": art.manifest_sha256, "manifest_size": art.manifest_size,
+                                    "manifest": art.manifest, "source_sha256": art.sha256}
+    else:
+        rel = f"manifests/{art.name}"
+        copy_in(stage, rel, art.path)
+        state["extras"][art.key] = {"path": rel, "sha256": art.sha256, "size": art.size,
+                                    "source_sha256": art.sha256}
+
+
+def _remove_generated(stage: Path) -> None:
+    """Drop the cloned indexes: they are regenerated, and old by-hash files carried explicitly."""
+    for rel in GENERATED:
+        path = stage / rel
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def _write_apt(stage: Path, config: Config, signer: Signer, state: dict, now: float) -> list[str]:
+    entries = [apt.PackageEntry(d["control"], d["filename"], d["size"], d["md5"], d["sha256"], d["architecture"])
+               for d in state["debs"].values()]
+    arches = sorted(set(config.architectures) | {e.architecture for e in entries} - {"all"})
+    dist = f"dists/{config.suite}"
+    files, byhash = [], []
+    for arch in arches:
+        text = apt.packages_text(entries, arch).encode()
+        sub = f"{config.component}/binary-{arch}"
+        for name, data in (("Packages", text), ("Packages.xz", lzma.compress(text, preset=6))):
+            index = apt.IndexFile(f"{sub}/{name}", data)
+            files.append(index)
+            put(stage, f"{dist}/{index.path}", data)
+            byhash.append(f"{dist}/{sub}/by-hash/SHA256/{index.sha256}")
+            put(stage, byhash[-1], data)
+    release = apt.release_text(origin=config.origin, label=config.label, suite=config.suite,
+                               codename=config.suite, architectures=arches, components=[config.component],
+                               files=files, date=now, description="imagefactory kernel packages").encode()
+    put(stage, f"{dist}/Release", release)
+    put(stage, f"{dist}/Release.gpg", signer.detach_sign(release))
+    put(stage, f"{dist}/InRelease", signer.clearsign(release))
+    return byhash
+
+
+def _write_rpm(stage: Path, signer: Signer, state: dict, serial: int) -> list[str]:
+    if not state["rpms"]:
+        return []
+    tree = stage / rpmmd.RPM_DIR
+    rpmmd.createrepo(tree, serial)
+    repomd = (tree / "repodata" / "repomd.xml").read_bytes()
+    put(tree, "repodata/repomd.xml.asc", signer.detach_sign(repomd))
+    return [f"{rpmmd.RPM_DIR}/{e['href']}" for e in rpmmd.repomd_data(repomd).values()]
+
+
+def _write_streams(stage: Path, signer: Signer, state: dict, now: float) -> None:
+    records = [streams.ImageRecord(i["name"], i["version"], i["path"], i["sha256"], i["size"], i["manifest_path"],
+                                   i["manifest_sha256"], i["manifest_size"], i["manifest"])
+               for i in state["images"].values()]
+    images = streams.images_json(records, now)
+    images_bytes = streams.dumps(images)
+    put(stage, streams.IMAGES_PATH, images_bytes)
+    put(stage, "streams/v1/index.json", streams.dumps(streams.index_json(images, streams.IMAGES_PATH, now)))
+    put(stage, streams.SIGNED_IMAGES_PATH, signer.clearsign(images_bytes))
+    signed_index = streams.dumps(streams.index_json(images, streams.SIGNED_IMAGES_PATH, now))
+    put(stage, "streams/v1/index.sjson", signer.clearsign(signed_index))
+    sums = {i["path"]: i["sha256"] for i in state["images"].values()}
+    sums |= {i["manifest_path"]: i["manifest_sha256"] for i in state["images"].values()}
+    sums |= {e["path"]: e["sha256"] for e in state["extras"].values()}
+    for name in ("index.json", "images.json", "index.sjson", "images.sjson"):
+        sums[f"streams/v1/{name}"] = hashlib.sha256((stage / "streams/v1" / name).read_bytes()).hexdigest()
+    text = streams.sha256sums_text(sums).encode()
+    put(stage, "SHA256SUMS", text)
+    put(stage, "SHA256SUMS.gpg", signer.detach_sign(text))
+
+
+def _carry_old_indexes(repo: Repo, stage: Path, serial: int, now: float, config: Config) -> None:
+    """Keep content-addressed indexes of still-retained states reachable (by-hash, repodata)."""
+    times = repo.published_times() | {serial: now}
+    for old in sorted(retained(times, config.keep_states, config.grace_seconds, now) - {serial}):
+        directory = repo.state_dir(old)
+        for rel in repo.read_state(directory).get("indexes", []):
+            target, source = stage / rel, directory / rel
+            if not target.exists() and source.is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.link(source, target)
+
+
+def write_state(repo: Repo, config: Config, signer: Signer, state: dict, changes: list, progress: Progress) -> int:
+    """Build, sign and switch to a new state holding `state` plus `changes`; return its serial."""
+    with repo.new_state() as (serial, stage):
+        now = time.time()
+        for n, art in enumerate(changes, 1):
+            _add(stage, config, signer, art, state)
+            progress.count("copied", n, len(changes))
+        progress.stage("writing and signing indexes")
+        _remove_generated(stage)
+        indexes = _write_apt(stage, config, signer, state, now)
+        indexes += _write_rpm(stage, signer, state, serial)
+        _write_streams(stage, signer, state, now)
+        put(stage, "key.gpg", signer.public_key())
+        put(stage, "key.asc", signer.public_key(armor=True))
+        _carry_old_indexes(repo, stage, serial, now, config)
+        state |= {"serial": serial, "published_at": now, "indexes": indexes}
+        put(stage, STATE_FILE, (json.dumps(state, indent=1, sort_keys=True) + "\n").encode())
+    return serial
+
+
+def open_signer(config: Config) -> Signer:
+    return Signer(key_id=config.key_id, key_file=Path(config.key_file) if config.key_file else None)
+
+
+def check_key(signer: Signer, config: Config) -> None:
+    if config.fingerprint and signer.fingerprint != config.fingerprint:
+        raise SigningKeyError(f"the configured key is {signer.fingerprint}, but the repository was initialised "
+                              f"with {config.fingerprint}; clients would reject the new signatures")
+
+
+def publish(repo: Repo, paths: list[Path], *, replace: bool = False, version: str | None = None,
+            progress: Progress | None = None) -> dict:
+    """Publish artifacts into repo; returns a summary for humans and --json."""
+    progress = progress or Progress(quiet=True)
+    config = repo.config()
+    progress.stage(f"checking {len(paths)} artifact(s)")
+    artifacts = [read_any(p, version) for p in paths]
+    with open_signer(config) as signer, repo.lock():
+        check_key(signer, config)
+        state = repo.read_state(repo.current())
+        plan = plan_changes(state, artifacts, replace)
+        summary = {"repo": str(repo.root), "added": [a.key for a in plan.add],
+                   "replaced": [a.key for a in plan.replace], "unchanged": [a.key for a in plan.unchanged]}
+        if not plan.add and not plan.replace:
+            return summary | {"serial": state["serial"], "pruned": []}
+        serial = write_state(repo, config, signer, state, plan.add + plan.replace, progress)
+        pruned = repo.prune(config.keep_states, config.grace_seconds)
+    return summary | {"serial": serial, "pruned": pruned}
+
+
+def init_repo(root: Path, config: Config, progress: Progress | None = None) -> dict:
+    """Create the repository with an empty, signed first state (clients can point at it at once)."""
+    repo = Repo(root)
+    if repo.is_initialised():
+        raise ImageFactoryError(f"{root} is already an imagefactory repository")
+    if root.exists() and any(root.iterdir()):
+        raise ImageFactoryError(f"{root} exists and is not empty; give a new or empty directory")
+    existed = root.exists()
+    with open_signer(config) as signer:
+        config.fingerprint = signer.fingerprint
+        keyring = signer.public_key()
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            with repo.lock():
+                put(repo.meta, "keyring.gpg", keyring)
+                put(repo.meta, "config.json", (json.dumps(config.to_json(), indent=1) + "\n").encode())
+                serial = write_state(repo, config, signer, repo.read_state(None), [],
+                                     progress or Progress(quiet=True))
+        except BaseException:
+            shutil.rmtree(root, ignore_errors=True)
+            if existed:
+                root.mkdir()
+            raise
+    return {"repo": str(root), "fingerprint": config.fingerprint, "serial": serial}
+

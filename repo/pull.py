@@ -1,0 +1,97 @@
+"""Fetch one image from a published repository over HTTP(S) or file:, verified end to end.
+
+Trust comes only from the key the user names: SHA256SUMS must carry a good
+signature by it, and every byte written must hash to what SHA256SUMS says.
+Downloads go to hidden staging files that are renamed only after all checks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from imagefactory.atomic import staging_name
+from imagefactory.errors import FetchError, ImageFactoryError, VerificationError
+from imagefactory.progress import Progress
+from repo import streams
+from repo.sign import verify_detached
+
+TIMEOUT = 60
+
+
+def fetch(url: str, target: Path, progress: Progress | None = None) -> str:
+    """Stream url into target; return its sha256."""
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as response, target.open("wb") as out:
+            total = int(response.headers.get("Content-Length") or 0)
+            done = 0
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                digest.update(chunk)
+                done += len(chunk)
+                if progress and total:
+                    progress.count(target.name.split(".partial")[0].lstrip("."), done >> 20, total >> 20, " MiB")
+    except urllib.error.HTTPError as exc:
+        raise FetchError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.filename == str(target):
+            raise
+        raise FetchError(f"{url}: {getattr(exc, 'reason', exc)}") from None
+    return digest.hexdigest()
+
+
+def pull(url: str, name: str, out_dir: Path, keyring: Path, version: str | None = None,
+         progress: Progress | None = None) -> dict:
+    """Download image `name` (newest version unless given) and its manifest into out_dir."""
+    progress = progress or Progress(quiet=True)
+    base = url.rstrip("/") + "/"
+    if not keyring.is_file():
+        raise ImageFactoryError(f"keyring {keyring} does not exist")
+    with tempfile.TemporaryDirectory(prefix="if-pull-") as tmp:
+        sums_file, sig_file = Path(tmp) / "SHA256SUMS", Path(tmp) / "SHA256SUMS.gpg"
+        fetch(base + "SHA256SUMS", sums_file)
+        fetch(base + "SHA256SUMS.gpg", sig_file)
+        try:
+            verify_detached(keyring, sig_file, sums_file)
+        except VerificationError as exc:
+            raise VerificationError(f"{base}SHA256SUMS: {exc}; refusing to download") from None
+        sums = streams.parse_sha256sums(sums_file.read_text())
+    version = version or streams.latest_version(sums, name)
+    directory = streams.image_dir(name, version or "")
+    image_rel, manifest_rel = f"{directory}/{name}.tar.zst", f"{directory}/{name}.manifest.json"
+    if version is None or image_rel not in sums or manifest_rel not in sums:
+        known = sorted({p.split("/")[1] for p in sums if p.startswith("images/")})
+        raise ImageFactoryError(f"no image {name}{'@' + version if version else ''} at {base} "
+                                f"(available: {', '.join(known) or 'none'})")
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    targets = [out_dir / f"{name}.tar.zst", out_dir / f"{name}.manifest.json"]
+    stages = [staging_name(t) for t in targets]
+    try:
+        progress.stage(f"downloading {name} {version}")
+        for rel, stage in zip((image_rel, manifest_rel), stages):
+            if fetch(base + rel, stage, progress) != sums[rel]:
+                raise VerificationError(f"{base}{rel} does not match the signed SHA256SUMS; "
+                                        "refusing it (nothing written)")
+        manifest = json.loads(stages[1].read_text())
+        if manifest.get("image", {}).get("sha256") != sums[image_rel]:
+            raise VerificationError(f"{base}{manifest_rel} describes a different image; refusing it")
+        for stage, target in zip(stages, targets):
+            os.replace(stage, target)
+    except BaseException:
+        for stage in stages:
+            with contextlib.suppress(FileNotFoundError):
+                stage.unlink()
+        if created:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        raise
+    return {"name": name, "version": version, "image": str(targets[0]), "manifest": str(targets[1]),
+            "sha256": sums[image_rel]}

@@ -1,0 +1,115 @@
+"""Re-check a published state the way each client would, and report every problem.
+
+apt: InRelease and Release.gpg signatures, every index against Release, every
+pool file against Packages. rpm: repomd.xml.asc, repodata and package checksums.
+images: SHA256SUMS.gpg, every listed file, simplestreams items, signed .sjson.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from imagefactory.errors import VerificationError
+from repo import apt, rpmmd, streams
+from repo.sign import verify_clearsigned, verify_detached
+
+
+def _sha256(path: Path) -> tuple[str, int]:
+    data = path.read_bytes()
+    return hashlib.sha256(data).hexdigest(), len(data)
+
+
+def _check_file(state: Path, rel: str, digest: str, size: int | None, what: str) -> list[str]:
+    path = state / rel
+    if not path.is_file():
+        return [f"{what}: {rel} is missing"]
+    actual, actual_size = _sha256(path)
+    if actual != digest or (size is not None and actual_size != size):
+        return [f"{what}: {rel} does not match its checksum/size"]
+    return []
+
+
+def _signed(fn, *args) -> tuple[bytes | None, list[str]]:
+    try:
+        return fn(*args), []
+    except VerificationError as exc:
+        return None, [str(exc)]
+
+
+def verify_apt(state: Path, keyring: Path) -> list[str]:
+    problems: list[str] = []
+    for dist in sorted((state / "dists").iterdir()) if (state / "dists").is_dir() else []:
+        release_path = dist / "Release"
+        signed, errs = _signed(verify_clearsigned, keyring, dist / "InRelease")
+        problems += [f"apt: {e}" for e in errs]
+        _, errs = _signed(verify_detached, keyring, dist / "Release.gpg", release_path)
+        problems += [f"apt: {e}" for e in errs]
+        if signed is None:
+            continue
+        if release_path.read_bytes() != signed:
+            problems.append(f"apt: {dist.name}/Release differs from the text signed in InRelease")
+        _, sums = apt.parse_release(signed.decode())
+        for rel, (digest, size) in sums.items():
+            file_problems = _check_file(dist, rel, digest, size, "apt")
+            problems += file_problems
+            byhash = dist / rel.rsplit("/", 1)[0] / "by-hash" / "SHA256" / digest
+            if not byhash.is_file() or hashlib.sha256(byhash.read_bytes()).hexdigest() != digest:
+                problems.append(f"apt: by-hash copy of {rel} is missing or wrong")
+            if rel.endswith("/Packages") and not file_problems:
+                problems += _verify_packages(state, (dist / rel).read_text())
+    return problems
+
+
+def _verify_packages(state: Path, text: str) -> list[str]:
+    problems = []
+    for stanza in apt.parse_packages(text):
+        if "filename" not in stanza or "sha256" not in stanza:
+            problems.append(f"apt: a Packages stanza lacks Filename/SHA256 ({stanza.get('package', '?')})")
+            continue
+        problems += _check_file(state, stanza["filename"], stanza["sha256"], int(stanza.get("size", -1)), "apt")
+    return problems
+
+
+def verify_rpm(state: Path, keyring: Path) -> list[str]:
+    tree = state / rpmmd.RPM_DIR
+    if not (tree / "repodata" / "repomd.xml").is_file():
+        return []
+    _, errs = _signed(verify_detached, keyring, tree / "repodata" / "repomd.xml.asc", tree / "repodata" / "repomd.xml")
+    return [f"rpm: {e}" for e in errs] + rpmmd.verify_tree(tree)
+
+
+def verify_images(state: Path, keyring: Path) -> list[str]:
+    sums_path = state / "SHA256SUMS"
+    if not sums_path.is_file():
+        return ["images: SHA256SUMS is missing"]
+    _, errs = _signed(verify_detached, keyring, state / "SHA256SUMS.gpg", sums_path)
+    if errs:
+        return [f"images: {e}" for e in errs]
+    try:
+        sums = streams.parse_sha256sums(sums_path.read_text())
+    except ValueError as exc:
+        return [f"images: {exc}"]
+    problems = []
+    for rel, digest in sums.items():
+        problems += _check_file(state, rel, digest, None, "images")
+    for name in ("index.sjson", "images.sjson"):
+        _, errs = _signed(verify_clearsigned, keyring, state / "streams" / "v1" / name)
+        problems += [f"images: {e}" for e in errs]
+    try:
+        products = json.loads((state / streams.IMAGES_PATH).read_text())["products"]
+    except (OSError, ValueError, KeyError) as exc:
+        return problems + [f"images: {streams.IMAGES_PATH} is unreadable ({exc})"]
+    for product in products.values():
+        for version in product["versions"].values():
+            for item in version["items"].values():
+                if sums.get(item["path"]) != item["sha256"]:
+                    problems.append(f"images: {item['path']} in images.json disagrees with SHA256SUMS")
+                problems += _check_file(state, item["path"], item["sha256"], item["size"], "images")
+    return problems
+
+
+def verify_state(state: Path, keyring: Path) -> list[str]:
+    """Every problem a client of this state would hit (empty list: all good)."""
+    return verify_apt(state, keyring) + verify_rpm(state, keyring) + verify_images(state, keyring)

@@ -1,0 +1,1 @@
+"""Hash-based unification of identical files across guest roots into a shared store."""

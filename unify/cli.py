@@ -1,0 +1,124 @@
+"""`imagefactory unify`: share identical guest files through a protected store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from imagefactory.errors import VerificationError
+from imagefactory.progress import Progress
+from unify import engine, maintain
+from unify.protect import MODES
+
+
+def human(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def summary_lines(s: engine.Summary) -> list[str]:
+    """A hardlink(1)-like summary."""
+    would = "Would link" if s.dry_run else "Linked"
+    return [
+        f"Mode:            {s.mode or 'none'} ({s.mode_reason})",
+        "Method:          xxh3-128 of content + mode/owner/mtime/xattrs key; byte-compared before linking",
+        f"Store:           {s.store}",
+        f"Guests:          {s.guests}",
+        f"Directories:     {s.dirs}",
+        f"Files:           {s.files} regular ({s.candidates} eligible; excluded {s.excluded}, "
+        f"config files {s.conffiles}, too small {s.too_small}); {s.special} symlinks/special skipped",
+        f"Hashed:          {s.hashed} files, {human(s.hashed_bytes)} (index reused {s.index_hits})",
+        f"Already unified: {s.already_unified} files, {human(s.already_bytes)}",
+        f"{would + ':':<17}{s.linked} files ({s.new_entries} new store entries; "
+        f"{s.duplicates} duplicates, as hardlink(1) counts)",
+        f"Saved:           {human(s.bytes_saved)}" + (" (estimated)" if s.dry_run else ""),
+        *([f"Left alone:      {s.changed} changed during the run, {s.collisions} hash collisions, "
+           f"{s.failed} failed"] if s.changed or s.collisions or s.failed else []),
+        *([f"Cleaned:         {s.temp_removed} temporary names from an interrupted run"] if s.temp_removed else []),
+        f"Duration:        {s.seconds:.2f} seconds",
+    ]
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("roots", nargs=-1, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--store", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Store directory (e.g. /vservers/.hash); must be on the guests' filesystem.")
+@click.option("--mode", type=click.Choice(["auto", *MODES]), default="auto", show_default=True,
+              help="How shared files are protected: auto = vserver if the kernel has it, else reflink, else refuse.")
+@click.option("-n", "--dry-run", is_flag=True, help="Show what would be linked and saved; change no guest file.")
+@click.option("--ignore-mtime", is_flag=True, help="Link files whose only difference is the mtime.")
+@click.option("--min-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Never unify files smaller than this many bytes.")
+@click.option("--exclude-from", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Exclude list (+/~/- fnmatch lines) replacing the default; a guest's own "
+                   "<ROOT>.vunify-exclude still wins.")
+@click.option("--status", "action", flag_value="status", help="Show store size, entries, links and orphans.")
+@click.option("--verify", "action", flag_value="verify", help="Re-hash every entry; exit 3 if any no longer matches.")
+@click.option("--gc", "action", flag_value="gc", help="Remove entries no guest uses any more (honours -n).")
+@click.option("--split", "action", flag_value="split", help="Give the ROOTS private copies again and drop them from the store.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+def unify(roots, store, mode, dry_run, ignore_mtime, min_size, exclude_from, action, as_json, quiet) -> None:
+    """Replace identical files in GUEST ROOTS by links to one protected store entry.
+
+    Files are shared only when content and the metadata a link shares (mode,
+    owner, mtime, xattrs) are equal. Symlinks, special files, files under
+    --min-size, package config files and the exclude list are never touched.
+    Each file is swapped atomically; an interrupted run is simply run again.
+
+    \b
+    Examples:
+      imagefactory unify /vservers/web1 /vservers/web2 --store /vservers/.hash
+      imagefactory unify -n --json /vservers/* --store /vservers/.hash
+      imagefactory unify --status --store /vservers/.hash
+      imagefactory unify --split /vservers/web1 --store /vservers/.hash
+    """
+    if action in ("status", "verify", "gc") and roots:
+        raise click.UsageError(f"--{action} takes no guest roots")
+    if action != "status" and action not in ("verify", "gc") and not roots:
+        raise click.UsageError("give at least one GUEST_ROOT")
+    if action == "status":
+        st = maintain.status(store)
+        _out(as_json, st.to_dict(), [
+            f"Store:        {st.store} ({st.mode or 'no mode yet'} mode)",
+            f"Entries:      {st.entries}, {human(st.entry_bytes)}",
+            f"Guest links:  {st.guest_links} from {len(st.guests)} indexed guests",
+            f"Orphans:      {st.orphans}, {human(st.orphan_bytes)} (removed by --gc)",
+            f"Saved:        {human(st.bytes_saved)}",
+        ])
+    elif action == "verify":
+        checked, problems = maintain.verify(store)
+        _out(as_json, {"checked": checked, "problems": [p.__dict__ for p in problems]},
+             [f"{p.entry}: {p.problem}" for p in problems] + [f"Verified {checked} entries, {len(problems)} problems"])
+        if problems:
+            raise VerificationError(f"{len(problems)} of {checked} store entries no longer match their key")
+    elif action == "gc":
+        res = maintain.gc(store, dry_run=dry_run)
+        verb = "Would remove" if dry_run else "Removed"
+        _out(as_json, res, [f"{verb} {res['removed']} entries ({human(res['bytes'])}) "
+                            f"and {res['indexes_removed']} indexes of vanished guests"])
+    elif action == "split":
+        results = [maintain.split(r, store) for r in roots]
+        _out(as_json, results, [f"{r['guest']}: {r['copied']} files made private ({human(r['bytes'])})"
+                                for r in results])
+    else:
+        s = engine.unify(list(roots), store, mode=mode, dry_run=dry_run, ignore_mtime=ignore_mtime,
+                         min_size=min_size, exclude_file=exclude_from, progress=Progress(quiet=quiet or as_json))
+        for w in s.warnings:
+            click.echo(f"imagefactory: warning: {w}", err=True)
+        _out(as_json, s.to_dict(), summary_lines(s))
+
+
+def _out(as_json: bool, data, lines: list[str]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        for line in lines:
+            click.echo(line)
+

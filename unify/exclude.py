@@ -1,0 +1,123 @@
+"""Which guest paths are never unified: the vhashify-style exclude list and config files.
+
+The list syntax is util-vserver's (`+` include, `-` exclude, `~` skip, bare =
+exclude; fnmatch where `*` also matches `/`; first match wins). All patterns
+are compiled into one regular expression so a path costs one match, not one
+per line. Package-manager config files (dpkg conffiles, RPM %config) are
+excluded first: an admin edits them per guest, and a shared immutable copy
+would make every edit fail.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from imagefactory.errors import RecipeError
+
+DEFAULT_LIST = Path(__file__).with_name("vunify-exclude")
+_WILDCARDS = re.compile(r"[*?\[]")
+
+
+class Verdict(Enum):
+    INCLUDE = "+"
+    EXCLUDE = "-"
+    SKIP = "~"
+
+
+@dataclass(frozen=True)
+class Rule:
+    verdict: Verdict
+    pattern: str
+
+
+def parse_rules(text: str, source: str = "exclude list") -> list[Rule]:
+    """Parse `+`/`-`/`~`/bare pattern lines; `#` comments and blank lines are ignored."""
+    rules = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        verdict = Verdict.EXCLUDE
+        if line[0] in "+-~":
+            verdict, line = Verdict(line[0]), line[1:].strip()
+        if not line.startswith("/"):
+            raise RecipeError(f"{source}:{number}: pattern must be guest-absolute (start with /): {raw.strip()!r}")
+        rules.append(Rule(verdict, line.rstrip("/") or "/"))
+    return rules
+
+
+class Matcher:
+    """Decide per guest path; directories report whether their subtree needs walking."""
+
+    def __init__(self, rules: list[Rule]) -> None:
+        self.rules = rules
+        alternatives = [f"(?P<r{i}>{fnmatch.translate(r.pattern)})" for i, r in enumerate(rules)]
+        self._regex = re.compile("|".join(alternatives)) if alternatives else None
+        self._include_prefixes = [
+            _WILDCARDS.split(r.pattern, 1)[0] for r in rules if r.verdict is Verdict.INCLUDE
+        ]
+
+    def match(self, path: str) -> Verdict | None:
+        """The verdict of the first rule matching `path`, or None."""
+        if self._regex is None:
+            return None
+        m = self._regex.match(path)
+        return self.rules[int(m.lastgroup[1:])].verdict if m else None
+
+    def verdict(self, path: str, inside_excluded: bool) -> Verdict:
+        """First match wins; unmatched paths inherit their directory's exclusion."""
+        v = self.match(path)
+        if v is None:
+            return Verdict.EXCLUDE if inside_excluded else Verdict.INCLUDE
+        return v
+
+    def may_include_below(self, directory: str) -> bool:
+        """Could any `+` rule match something under an excluded `directory`?"""
+        below = directory.rstrip("/") + "/"
+        return any(p.startswith(below) or below.startswith(p) for p in self._include_prefixes)
+
+
+def load_rules(guest_root: Path, exclude_file: Path | None = None) -> list[Rule]:
+    """Rules for one guest: a host-side override beside the guest, else --exclude-from, else default.
+
+    The per-guest override is `<ROOT>.vunify-exclude` (host side, never inside the
+    hostile guest) or util-vserver's `/etc/vservers/<name>/apps/vunify/exclude`.
+    """
+    candidates = [
+        guest_root.with_name(guest_root.name + ".vunify-exclude"),
+        Path("/etc/vservers", guest_root.name, "apps/vunify/exclude"),
+    ]
+    for path in [*candidates, exclude_file or DEFAULT_LIST]:
+        if path.is_file():
+            return parse_rules(path.read_text(), str(path))
+    raise RecipeError(f"exclude list not found: {exclude_file}")
+
+
+def parse_conffiles(text: str) -> set[str]:
+    """dpkg info/<pkg>.conffiles: one absolute path per line (newer dpkg may append flags)."""
+    out = set()
+    for line in text.splitlines():
+        path = line.strip().split(" ", 1)[0]
+        if path.startswith("/"):
+            out.add(path)
+    return out
+
+
+def rpm_config_files(dbpath: Path) -> set[str]:
+    """`rpm -qac` against a guest's database directory (already resolved inside the guest).
+
+    Only --dbpath is given (never --root), so rpm reads the database files and
+    follows no path inside the guest.
+    """
+    if shutil.which("rpm") is None:
+        return set()
+    proc = subprocess.run(
+        ["rpm", "--dbpath", str(dbpath), "-qac"], capture_output=True, text=True, errors="surrogateescape"
+    )
+    return {line for line in proc.stdout.splitlines() if line.startswith("/")}

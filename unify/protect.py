@@ -1,0 +1,60 @@
+"""The four sharing modes: how an entry reaches a guest and what protects it there.
+
+    vserver    shared inode, IMMUTABLE+IXUNLINK: content and metadata frozen, but a
+               guest may unlink/rename over its name, so package updates work.
+    reflink    FICLONE copy: every guest keeps its own inode sharing extents
+               copy-on-write; nothing a guest does can reach the store or others.
+    immutable  shared inode, IMMUTABLE only (mainline kernels): safe, but a guest
+               can no longer replace a unified file (dpkg fails with EPERM).
+    hardlink   shared inode, no protection: a guest writing in place changes the
+               file for every guest. Trusted guests only.
+
+Linux refuses link() to an immutable inode, so protected modes clear the flags
+on the entry, link the new guests, and set them again (and a later run
+re-asserts them on every entry it touches).
+"""
+
+from __future__ import annotations
+
+import fcntl
+from dataclasses import dataclass, field
+
+from unify import probe
+
+MODES = ("vserver", "reflink", "immutable", "hardlink")
+
+WARNINGS = {
+    "immutable": "immutable mode: unified files cannot be replaced inside a guest; package updates "
+    "touching them will fail with 'Operation not permitted' until the guest is --split",
+    "hardlink": "HARDLINK MODE: unified files are NOT protected; any guest writing one in place "
+    "changes it for every guest. Use only for guests you fully trust",
+}
+
+
+@dataclass(frozen=True)
+class Protection:
+    mode: str
+    ioctl: object = field(default=fcntl.ioctl, compare=False)  # seam for vserver-mode tests
+
+    @property
+    def flags(self) -> int:
+        return {
+            "vserver": probe.FS_IMMUTABLE_FL | probe.FS_IXUNLINK_FL,
+            "immutable": probe.FS_IMMUTABLE_FL,
+        }.get(self.mode, 0)
+
+    @property
+    def shares_inode(self) -> bool:
+        return self.mode != "reflink"
+
+    def protect(self, fd: int) -> None:
+        if self.flags:
+            probe.change_flags(fd, add=self.flags, ioctl=self.ioctl)
+
+    def unprotect(self, fd: int) -> None:
+        """Clear every protection flag (also those of another mode, e.g. before --split)."""
+        if self.shares_inode:
+            probe.change_flags(fd, remove=probe.FS_IMMUTABLE_FL | probe.FS_IXUNLINK_FL, ioctl=self.ioctl)
+
+    def is_protected(self, fd: int) -> bool:
+        return not self.flags or probe.get_flags(fd, self.ioctl) & self.flags == self.flags

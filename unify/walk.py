@@ -1,0 +1,154 @@
+"""Walk a hostile guest root without ever following a symlink or leaving the root.
+
+Every directory is opened relative to its parent's fd with O_NOFOLLOW, so a
+guest that swaps a directory for a symlink mid-walk gets an error, not a tour
+of the host. Other filesystems mounted inside the guest (proc, tmpfs) are not
+entered: nothing there can be linked to the store anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from imagefactory.errors import UnsafeInput
+from unify.exclude import Matcher, Verdict, parse_conffiles, rpm_config_files
+
+TMP_PREFIX = ".ifunify-"  # temporary names in guest directories; removed by the next run
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+@dataclass(slots=True)
+class FileRef:
+    guest: int  # index of the guest root in the run
+    rel: str  # path relative to the guest root, e.g. "usr/bin/ls"
+    st: os.stat_result
+
+    @property
+    def dir_rel(self) -> str:
+        return self.rel.rpartition("/")[0]
+
+    @property
+    def name(self) -> str:
+        return self.rel.rpartition("/")[2]
+
+
+def open_root(root: Path) -> int:
+    try:
+        return os.open(root, DIR_FLAGS)
+    except OSError as exc:
+        raise UnsafeInput(f"guest root {root} is not a directory (or is a symlink): {exc.strerror}") from None
+
+
+def open_dir(root_fd: int, rel: str) -> int:
+    """Open a directory below the root one component at a time, refusing symlinks."""
+    fd = os.dup(root_fd)
+    for part in filter(None, rel.split("/")):
+        try:
+            nfd = os.open(part, DIR_FLAGS, dir_fd=fd)
+        finally:
+            os.close(fd)
+        fd = nfd
+    return fd
+
+
+def config_files(root_fd: int) -> set[str]:
+    """Guest-absolute paths of package-manager config files (dpkg conffiles, RPM %config)."""
+    out: set[str] = set()
+    with contextlib.suppress(OSError):
+        fd = open_dir(root_fd, "var/lib/dpkg/info")
+        try:
+            for e in os.scandir(fd):
+                if e.name.endswith(".conffiles") and e.is_file(follow_symlinks=False):
+                    ffd = os.open(e.name, FILE_FLAGS, dir_fd=fd)
+                    with open(ffd, "rb") as f:
+                        out |= parse_conffiles(os.fsdecode(f.read(1 << 20)))
+        finally:
+            os.close(fd)
+    for rel in ("usr/lib/sysimage/rpm", "var/lib/rpm"):
+        with contextlib.suppress(OSError):
+            fd = open_dir(root_fd, rel)
+            try:
+                out |= rpm_config_files(Path(f"/proc/self/fd/{fd}"))
+            finally:
+                os.close(fd)
+    return out
+
+
+def walk(
+    guest: int,
+    root_fd: int,
+    matcher: Matcher,
+    min_size: int,
+    conffiles: set[str],
+    counts: Counter,
+    leftovers: list[tuple[str, str]],
+) -> Iterator[FileRef]:
+    """Yield the regular files eligible for unification; count every skip by reason.
+
+    Leftover temporary names from a killed run are collected in `leftovers`
+    as (dir_rel, name) for the caller to remove.
+    """
+    root_dev = os.fstat(root_fd).st_dev
+    yield from _walk_dir(guest, root_fd, "", False, root_dev, matcher, min_size, conffiles, counts, leftovers)
+
+
+def _walk_dir(guest, fd, rel, inside_excluded, root_dev, matcher, min_size, conffiles, counts, leftovers):
+    counts["dirs"] += 1
+    prefix = rel + "/" if rel else ""
+    subdirs = []
+    for e in os.scandir(fd):
+        name = e.name
+        path = prefix + name
+        if name.startswith(TMP_PREFIX):
+            leftovers.append((rel, name))
+            continue
+        if e.is_dir(follow_symlinks=False):
+            subdirs.append((name, path))
+            continue
+        if not e.is_file(follow_symlinks=False):
+            counts["special"] += 1  # symlinks, devices, FIFOs, sockets
+            continue
+        counts["files"] += 1
+        verdict = matcher.verdict("/" + path, inside_excluded)
+        if verdict is not Verdict.INCLUDE:
+            counts["excluded"] += 1
+            continue
+        if "/" + path in conffiles:
+            counts["conffiles"] += 1
+            continue
+        st = e.stat(follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode):  # replaced between readdir and stat
+            counts["special"] += 1
+            continue
+        if st.st_size < min_size:
+            counts["too_small"] += 1
+            continue
+        yield FileRef(guest, path, st)
+    for name, path in subdirs:
+        verdict = matcher.verdict("/" + path, inside_excluded)
+        if verdict is Verdict.SKIP:
+            counts["excluded_dirs"] += 1
+            continue
+        excluded = verdict is Verdict.EXCLUDE
+        if excluded and not matcher.may_include_below("/" + path):
+            counts["excluded_dirs"] += 1
+            continue
+        try:
+            sub = os.open(name, DIR_FLAGS, dir_fd=fd)
+        except OSError:  # became a symlink, vanished, or unreadable: never follow, never fail the run
+            counts["unreadable"] += 1
+            continue
+        try:
+            if os.fstat(sub).st_dev != root_dev:
+                counts["other_fs"] += 1
+                continue
+            yield from _walk_dir(guest, sub, path, excluded, root_dev, matcher, min_size, conffiles, counts, leftovers)
+        finally:
+            os.close(sub)
