@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -47,6 +48,30 @@ def fetch(url: str, target: Path, progress: Progress | None = None) -> str:
     return digest.hexdigest()
 
 
+def signed_sums(base: str, keyring: Path, attempts: int = 3) -> dict[str, str]:
+    """SHA256SUMS verified against its detached signature.
+
+    The two files are separate requests, so a publish switching states between
+    them yields a mismatched pair: fetch the pair again before calling it bad.
+    """
+    with tempfile.TemporaryDirectory(prefix="if-pull-") as tmp:
+        sums_file, sig_file = Path(tmp) / "SHA256SUMS", Path(tmp) / "SHA256SUMS.gpg"
+        for attempt in range(attempts):
+            fetch(base + "SHA256SUMS", sums_file)
+            fetch(base + "SHA256SUMS.gpg", sig_file)
+            try:
+                verify_detached(keyring, sig_file, sums_file)
+                break
+            except VerificationError as exc:
+                if attempt == attempts - 1:
+                    raise VerificationError(f"{base}SHA256SUMS: {exc}; refusing to download") from None
+                time.sleep(0.5)
+        try:
+            return streams.parse_sha256sums(sums_file.read_text())
+        except ValueError as exc:
+            raise VerificationError(f"{base}SHA256SUMS: {exc}") from None
+
+
 def pull(url: str, name: str, out_dir: Path, keyring: Path, version: str | None = None,
          progress: Progress | None = None) -> dict:
     """Download image `name` (newest version unless given) and its manifest into out_dir."""
@@ -54,15 +79,7 @@ def pull(url: str, name: str, out_dir: Path, keyring: Path, version: str | None 
     base = url.rstrip("/") + "/"
     if not keyring.is_file():
         raise ImageFactoryError(f"keyring {keyring} does not exist")
-    with tempfile.TemporaryDirectory(prefix="if-pull-") as tmp:
-        sums_file, sig_file = Path(tmp) / "SHA256SUMS", Path(tmp) / "SHA256SUMS.gpg"
-        fetch(base + "SHA256SUMS", sums_file)
-        fetch(base + "SHA256SUMS.gpg", sig_file)
-        try:
-            verify_detached(keyring, sig_file, sums_file)
-        except VerificationError as exc:
-            raise VerificationError(f"{base}SHA256SUMS: {exc}; refusing to download") from None
-        sums = streams.parse_sha256sums(sums_file.read_text())
+    sums = signed_sums(base, keyring)
     version = version or streams.latest_version(sums, name)
     directory = streams.image_dir(name, version or "")
     image_rel, manifest_rel = f"{directory}/{name}.tar.zst", f"{directory}/{name}.manifest.json"

@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 
-from test_repo_support import gpg_key, init_repo, make_deb, make_image, make_rpm, other_key, run, snapshot  # noqa: F401
+from tests.test_repo_support import gpg_key, init_repo, make_deb, make_image, make_rpm, other_key, run, snapshot  # noqa: F401
 
 
 def test_publish_everything_then_verify_and_list(tmp_path, capsys, gpg_key):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from conftest import need_tool
+from tests.conftest import need_tool
 from imagefactory.cli import main
 
 

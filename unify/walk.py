@@ -12,7 +12,6 @@ import contextlib
 import os
 import stat
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,17 +88,20 @@ def walk(
     conffiles: set[str],
     counts: Counter,
     leftovers: list[tuple[str, str]],
-) -> Iterator[FileRef]:
-    """Yield the regular files eligible for unification; count every skip by reason.
+) -> list[FileRef]:
+    """The regular files eligible for unification; every skip is counted by reason.
 
     Leftover temporary names from a killed run are collected in `leftovers`
-    as (dir_rel, name) for the caller to remove.
+    as (dir_rel, name) for the caller to remove. (A list, not a generator:
+    yielding through one generator per directory level costs more than the stats.)
     """
+    out: list[FileRef] = []
     root_dev = os.fstat(root_fd).st_dev
-    yield from _walk_dir(guest, root_fd, "", False, root_dev, matcher, min_size, conffiles, counts, leftovers)
+    _walk_dir(guest, root_fd, "", False, root_dev, matcher, min_size, conffiles, counts, leftovers, out)
+    return out
 
 
-def _walk_dir(guest, fd, rel, inside_excluded, root_dev, matcher, min_size, conffiles, counts, leftovers):
+def _walk_dir(guest, fd, rel, inside_excluded, root_dev, matcher, min_size, conffiles, counts, leftovers, out):
     counts["dirs"] += 1
     prefix = rel + "/" if rel else ""
     subdirs = []
@@ -116,12 +118,11 @@ def _walk_dir(guest, fd, rel, inside_excluded, root_dev, matcher, min_size, conf
             counts["special"] += 1  # symlinks, devices, FIFOs, sockets
             continue
         counts["files"] += 1
-        verdict = matcher.verdict("/" + path, inside_excluded)
-        if verdict is not Verdict.INCLUDE:
-            counts["excluded"] += 1
-            continue
         if "/" + path in conffiles:
             counts["conffiles"] += 1
+            continue
+        if matcher.verdict("/" + path, inside_excluded) is not Verdict.INCLUDE:
+            counts["excluded"] += 1
             continue
         st = e.stat(follow_symlinks=False)
         if not stat.S_ISREG(st.st_mode):  # replaced between readdir and stat
@@ -130,7 +131,7 @@ def _walk_dir(guest, fd, rel, inside_excluded, root_dev, matcher, min_size, conf
         if st.st_size < min_size:
             counts["too_small"] += 1
             continue
-        yield FileRef(guest, path, st)
+        out.append(FileRef(guest, path, st))
     for name, path in subdirs:
         verdict = matcher.verdict("/" + path, inside_excluded)
         if verdict is Verdict.SKIP:
@@ -149,6 +150,6 @@ def _walk_dir(guest, fd, rel, inside_excluded, root_dev, matcher, min_size, conf
             if os.fstat(sub).st_dev != root_dev:
                 counts["other_fs"] += 1
                 continue
-            yield from _walk_dir(guest, sub, path, excluded, root_dev, matcher, min_size, conffiles, counts, leftovers)
+            _walk_dir(guest, sub, path, excluded, root_dev, matcher, min_size, conffiles, counts, leftovers, out)
         finally:
             os.close(sub)

@@ -95,9 +95,11 @@ class RpmBackend:
         rootfs.mkdir(parents=True, exist_ok=True)
         with chroot.mounted(rootfs):
             install.install(files, rootfs, Path(plan.recipe.keyring), plan.recipe.exclude_paths)
+        install.restore_mountpoints(rootfs)
 
     def configure(self, plan: Plan, rootfs: Path, progress: Progress) -> None:
         progress.stage("configure: hostname")
+        install.tidy_rpmdb(rootfs)
         etc = rootfs / "etc"
         if plan.recipe.hostname and etc.is_dir() and not (etc / "hostname").is_symlink():
             (etc / "hostname").write_text(plan.recipe.hostname + "\n")

@@ -104,6 +104,29 @@ def install(files: dict[str, Path], root: Path, keyring: Path, exclude: tuple[st
         raise ImageFactoryError(f"rpm --install into {root} failed (exit {proc.returncode}): {tail}")
 
 
+def restore_mountpoints(root: Path, points: tuple[str, ...] = ("/proc", "/sys", "/dev")) -> None:
+    """Give the mount points the modes their package records (555 for /proc, /sys).
+
+    rpm set them on the mounted filesystems during the install; the directories
+    underneath still have the modes they were created with.
+    """
+    proc = _run(rpm_argv(root) + ["-qf", "--qf", "%{NAME}\n", *points], "restore mount points")
+    owners = sorted({line for line in proc.stdout.split() if line and " " not in line})
+    if owners:
+        proc = _run(rpm_argv(root) + ["--restore", *owners], "restore mount points")
+        if proc.returncode != 0:
+            raise ImageFactoryError(f"rpm --restore {' '.join(owners)} in {root} failed: {proc.stderr.strip()}")
+
+
+def tidy_rpmdb(root: Path) -> None:
+    """Drop sqlite's shared-memory and empty write-ahead files: state of the build host, not the guest."""
+    db = root / RPMDB.lstrip("/")
+    wal = db / "rpmdb.sqlite-wal"
+    if wal.is_file() and not wal.is_symlink() and wal.stat().st_size == 0:
+        wal.unlink()
+        (db / "rpmdb.sqlite-shm").unlink(missing_ok=True)
+
+
 def config_files(root: Path) -> list[str]:
     """The guest's %config files (rpm -qac), which unification must leave alone."""
     proc = _run(rpm_argv(root) + ["-qac"], "list config files")

@@ -8,6 +8,7 @@ barrier attribute. The evaluation is pure; reading the host is separate.
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -73,5 +74,5 @@ def evaluate(guests: list[GuestInfo], ram: int, swap: int, barriers: list[Barrie
 
 def vdir_parents(guests: list[GuestInfo], extra: list[Path]) -> list[Path]:
     """The directories holding guest roots (where the barrier belongs)."""
-    parents = {Path(g.root).parent for g in guests if g.root} | set(extra)
+    parents = {Path(os.path.abspath(g.root)).parent for g in guests if g.root} | {p.absolute() for p in extra}
     return sorted(p for p in parents if p.is_dir())

@@ -20,6 +20,18 @@ DIR = click.Path(file_okay=False, path_type=Path)
 MIB = 1024 * 1024
 
 
+def human(size: int | None) -> str:
+    """Bytes as a short binary-unit figure (du -h style)."""
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "K", "M", "G"):
+        if value < 1024:
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{value:.1f}T"
+
+
 def resolve_source(source: str, repo: str | None, keyring: Path | None, cache: Path, progress: Progress) -> Path:
     """A local image path, or pull NAME[@VERSION] (from --repo, or URL/NAME) verified into cache."""
     if source.endswith(IMAGE_SUFFIX) and "://" not in source:
@@ -44,14 +56,14 @@ def resolve_source(source: str, repo: str | None, keyring: Path | None, cache: P
 
 def _print_seed(result: SeedResult, unified: dict | None) -> None:
     click.echo(f"seeded {result.name}: context {result.context}, image {result.image} ({result.image_sha256[:12]})")
-    click.echo(f"  root        {result.root}")
+    click.echo(f"  {'root':<13} {result.root}")
     for fmt, path in result.files.items():
-        click.echo(f"  {fmt:<11} {path}")
+        click.echo(f"  {fmt:<13} {path}")
     state = "set" if result.barrier["barrier"] else "NOT set"
-    click.echo(f"  barrier     {state} on {result.barrier['path']}: {result.barrier['detail']}")
+    click.echo(f"  {'barrier':<13} {state} on {result.barrier['path']}: {result.barrier['detail']}")
     if unified is not None:
         click.echo(
-            f"  unified     mode {unified['mode']}: {unified['linked']} files linked, "
+            f"  {'unified':<13} mode {unified['mode']}: {unified['linked']} files linked, "
             f"{unified['bytes_saved'] / MIB:.1f} MiB saved"
         )
     for leftover in result.leftovers:
@@ -60,7 +72,7 @@ def _print_seed(result: SeedResult, unified: dict | None) -> None:
 
 def run_check(confdir: Path, vdir: Path | None, as_json: bool) -> None:
     page = os.sysconf("SC_PAGE_SIZE")
-    guests = inventory.list_guests(confdir, page, measure=False)
+    guests = inventory.list_guests(confdir.absolute(), page, measure=False)
     ram, swap = check.meminfo(Path("/proc/meminfo").read_text())
     statuses = [barrier.status(p) for p in check.vdir_parents(guests, [vdir] if vdir else [])]
     findings = check.evaluate(guests, ram, swap, statuses)
@@ -170,7 +182,7 @@ def seed(source, name, vdir, confdir, address, dev, hostname, memory, cpu, do_un
 @click.option("--json", "as_json", is_flag=True, help="Print the guests as JSON.")
 def guests(confdir, as_json) -> None:
     """List guests: name, context id, image + version, size, shared %, limits."""
-    rows = inventory.list_guests(confdir, os.sysconf("SC_PAGE_SIZE"))
+    rows = inventory.list_guests(confdir.absolute(), os.sysconf("SC_PAGE_SIZE"))
     if as_json:
         click.echo(json.dumps([g.to_dict() for g in rows], indent=2))
         return
@@ -183,6 +195,6 @@ def guests(confdir, as_json) -> None:
     for g in rows:
         click.echo(
             f"{g.name:<16} {fmt(g.context):>5}  {fmt(g.image):<24} {fmt(g.version):<15} {fmt(g.ip):<18} "
-            f"{fmt(g.disk_usage and g.disk_usage / MIB, '.1f', 'M'):>9} {fmt(g.shared_percent, '.1f', '%'):>6} "
-            f"{fmt(g.memory and g.memory // MIB, '', 'M'):>7} {fmt(g.cpu_percent, 'g', '%'):>6}"
+            f"{human(g.disk_usage):>9} {fmt(g.shared_percent, '.1f', '%'):>6} "
+            f"{human(g.memory):>7} {fmt(g.cpu_percent, 'g', '%'):>6}"
         )

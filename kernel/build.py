@@ -1,0 +1,287 @@
+"""Build kernel packages from a recipe, cached by everything that decides the result.
+
+Steps: unpack source, apply patches (dry run first), configure (base target,
+merge_config.sh with the recipe's fragments, olddefconfig), check that every
+requested option stuck, `make bindeb-pkg` / `binrpm-pkg`, then write a
+manifest. All tool output goes to one log file in the build directory; a
+failure names its step and keeps the log. The cache key hashes the source
+tarball, the patches, the merged config request, LOCALVERSION and the formats,
+so a repeated build with the same inputs only copies the cached packages.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from imagefactory.atomic import staged_path, write_text
+from imagefactory.errors import EnvironmentProblem, ImageFactoryError, RecipeError
+from imagefactory.progress import Progress
+from kernel.config import parse_config, render_fragment, unmet_options
+from kernel.patching import apply_patch
+from kernel.patchstats import parse_patch, read_patch
+from kernel.recipe import KernelRecipe
+from kernel.source import USR_SRC, resolve_patch, resolve_source, sha256_file
+
+DEFAULT_CACHE = Path(os.environ.get("IMAGEFACTORY_KERNEL_CACHE", "/var/cache/imagefactory/kernel"))
+MANIFEST = "kernel-manifest.json"
+MANIFEST_SCHEMA = "imagefactory-kernel-manifest/1"
+TOOLS = {"common": ["make", "gcc", "flex", "bison", "bc", "patch", "tar", "perl"], "deb": ["dpkg-deb"], "rpm": ["rpmbuild"]}
+
+
+class KernelBuildError(ImageFactoryError):
+    """A build step failed; the message names the step and the kept log."""
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    """Everything resolved and hashed before building; `key` names the cache entry."""
+
+    recipe: KernelRecipe
+    tarball: Path
+    tarball_sha256: str
+    patches: list[tuple[str, Path, str]]  # (name, path, sha256)
+    fragment: str  # canonical merged config request
+    key: str
+
+
+def cache_key(tarball_sha256: str, patch_hashes: list[str], fragment: str, base: str, localversion: str, formats: list[str]) -> str:
+    """Pure: the same inputs give the same key; any change gives another."""
+    material = json.dumps(
+        {"source": tarball_sha256, "patches": patch_hashes, "config": fragment, "base": base,
+         "localversion": localversion, "formats": sorted(formats)},
+        sort_keys=True,
+    )
+    return hashlib.sha256(material.encode()).hexdigest()[:24]
+
+
+def _base_identity(recipe: KernelRecipe) -> str:
+    """A base config file enters the key by content, a make target by name."""
+    path = Path(recipe.config_base)
+    return f"file:{sha256_file(path)}" if path.is_absolute() else recipe.config_base
+
+
+def resolve_inputs(recipe: KernelRecipe, cache_root: Path, usr_src: Path = USR_SRC) -> BuildInputs:
+    downloads = cache_root / "downloads"
+    tarball, tar_sha = resolve_source(recipe.source, downloads, usr_src)
+    patches = [(p.name, *resolve_patch(p, downloads)) for p in recipe.patches]
+    fragment = render_fragment(recipe.config_request)
+    key = cache_key(tar_sha, [p[2] for p in patches], fragment, _base_identity(recipe), recipe.localversion, recipe.formats)
+    return BuildInputs(recipe, tarball, tar_sha, patches, fragment, key)
+
+
+def check_tools(formats: list[str]) -> None:
+    needed = TOOLS["common"] + [t for f in formats for t in TOOLS[f]]
+    missing = [t for t in needed if shutil.which(t) is None]
+    if missing:
+        raise EnvironmentProblem(f"kernel build needs {', '.join(missing)} (scripts/setup installs them)")
+
+
+@dataclass
+class BuildResult:
+    manifest: dict
+    manifest_path: Path
+    packages: list[Path]
+    cached: bool
+    build_dir: Path
+
+
+def _cached_manifest(build_dir: Path) -> dict | None:
+    """The manifest of a finished build whose packages are all still intact."""
+    try:
+        manifest = json.loads((build_dir / MANIFEST).read_text())
+        for pkg in manifest["packages"]:
+            path = build_dir / pkg["file"]
+            if path.stat().st_size != pkg["size"] or sha256_file(path) != pkg["sha256"]:
+                return None
+        return manifest
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+class _Steps:
+    """Runs named steps with output to the log; turns a failure into KernelBuildError."""
+
+    def __init__(self, log_path: Path, progress: Progress) -> None:
+        self.log_path = log_path
+        self.log = open(log_path, "w", buffering=1)
+        self.progress = progress
+
+    def fail(self, step: str, detail: str) -> KernelBuildError:
+        self.log.write(f"\n*** step '{step}' failed: {detail}\n")
+        return KernelBuildError(f"kernel build failed at step '{step}': {detail}; log kept: {self.log_path}")
+
+    def run(self, step: str, argv: list[str], cwd: Path, env: dict | None = None) -> None:
+        self.progress.stage(f"kernel: {step}")
+        self.log.write(f"\n=== {step}: {' '.join(argv)}\n")
+        self.log.flush()
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        last, compiled = time.monotonic(), 0
+        while proc.poll() is None:
+            time.sleep(1)
+            if time.monotonic() - last >= 20:
+                last = time.monotonic()
+                compiled = _count_compiled(self.log_path)
+                self.progress.stage(f"kernel: {step}: {compiled} objects compiled so far")
+        if proc.returncode != 0:
+            raise self.fail(step, f"{argv[0]} exited {proc.returncode} ({_last_error(self.log_path)})")
+
+    def close(self) -> None:
+        self.log.close()
+
+
+def _count_compiled(log: Path) -> int:
+    with open(log, "rb") as handle:
+        return sum(1 for line in handle if line.startswith(b"  CC "))
+
+
+def _last_error(log: Path) -> str:
+    """The last line that says error, to put the cause in the one-line message."""
+    lines = log.read_text(errors="replace").splitlines()
+    for line in reversed(lines):
+        if "error" in line.lower() and not line.startswith("==="):
+            return line.strip()[:200]
+    return lines[-1].strip()[:200] if lines else "no output"
+
+
+def _make_env(build_dir: Path) -> dict:
+    env = dict(os.environ, LC_ALL="C", KBUILD_BUILD_USER="imagefactory", KBUILD_BUILD_HOST="imagefactory",
+               DEBEMAIL="imagefactory@localhost", DEBFULLNAME="imagefactory", HOME=str(build_dir))
+    return env
+
+
+def _unpack(steps: _Steps, inputs: BuildInputs, build_dir: Path) -> Path:
+    src_parent = build_dir / "src"
+    if src_parent.exists():
+        shutil.rmtree(src_parent)  # a failed earlier attempt: start from pristine source
+    src_parent.mkdir()
+    steps.run("unpack source", ["tar", "-xf", str(inputs.tarball), "--no-same-owner", "-C", str(src_parent)], build_dir)
+    tops = [p for p in src_parent.iterdir() if p.is_dir()]
+    if len(tops) != 1 or not (tops[0] / "Makefile").is_file():
+        raise steps.fail("unpack source", f"{inputs.tarball} does not hold one kernel source directory")
+    return tops[0]
+
+
+def _configure(steps: _Steps, inputs: BuildInputs, tree: Path, env: dict) -> dict:
+    recipe = inputs.recipe
+    if Path(recipe.config_base).is_absolute():
+        shutil.copyfile(recipe.config_base, tree / ".config")
+        steps.run("config: base file", ["make", "olddefconfig"], tree, env)
+    else:
+        steps.run(f"config: make {recipe.config_base}", ["make", recipe.config_base], tree, env)
+    (tree / "imagefactory.config").write_text(inputs.fragment)
+    steps.run("config: merge fragments", ["scripts/kconfig/merge_config.sh", "-m", ".config", "imagefactory.config"], tree, env)
+    steps.run("config: make olddefconfig", ["make", "olddefconfig"], tree, env)
+    final = parse_config((tree / ".config").read_text(), ".config")
+    problems = unmet_options(recipe.config_request, final)
+    if problems:
+        steps.fail("config check", "; ".join(problems))
+        raise RecipeError(
+            f"kernel config options did not stick (missing dependencies?): {'; '.join(problems)}; log kept: {steps.log_path}"
+        )
+    return final
+
+
+def _package_files(build_dir: Path, formats: list[str]) -> list[Path]:
+    files = sorted((build_dir / "src").glob("*.deb")) if "deb" in formats else []
+    if "rpm" in formats:
+        files += sorted((build_dir / "rpmbuild" / "RPMS").rglob("*.rpm"))
+    return files
+
+
+def build(inputs: BuildInputs, out_dir: Path, cache_root: Path = DEFAULT_CACHE, jobs: int | None = None,
+          progress: Progress | None = None) -> BuildResult:
+    """Build (or reuse) the packages for inputs and copy them plus the manifest into out_dir."""
+    progress = progress or Progress()
+    recipe = inputs.recipe
+    build_dir = cache_root / inputs.key
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_root / f"{inputs.key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        manifest = _cached_manifest(build_dir)
+        cached = manifest is not None
+        if cached:
+            progress.stage(f"kernel: {recipe.name} is up to date (cache {build_dir})")
+        else:
+            check_tools(recipe.formats)
+            manifest = _build(inputs, build_dir, jobs or os.cpu_count() or 1, progress)
+        packages = _publish(build_dir, manifest, out_dir)
+    return BuildResult(manifest, out_dir / MANIFEST, packages, cached, build_dir)
+
+
+def _build(inputs: BuildInputs, build_dir: Path, jobs: int, progress: Progress) -> dict:
+    recipe = inputs.recipe
+    (build_dir / MANIFEST).unlink(missing_ok=True)
+    steps = _Steps(build_dir / "build.log", progress)
+    progress.stage(f"kernel: building {recipe.name} in {build_dir} (log: {steps.log_path})")
+    try:
+        env = _make_env(build_dir)
+        tree = _unpack(steps, inputs, build_dir)
+        for name, path, _sha in inputs.patches:
+            progress.stage(f"kernel: patch {name}")
+            apply_patch(tree, name, path, steps.log)
+        _configure(steps, inputs, tree, env)
+        release = subprocess.run(["make", "-s", "kernelrelease"], cwd=tree, env=env, capture_output=True, text=True).stdout.strip()
+        targets = [f"{f.replace('deb', 'bindeb').replace('rpm', 'binrpm')}-pkg" for f in recipe.formats]
+        argv = ["make", f"-j{jobs}", *targets]
+        if "rpm" in recipe.formats:
+            argv.append(f'RPMOPTS=--define "_topdir {build_dir / "rpmbuild"}"')
+        steps.run(f"make {' '.join(targets)}", argv, tree, env)
+        files = _package_files(build_dir, recipe.formats)
+        if not any(f.name.startswith("linux-image-") or f.name.startswith("kernel-") for f in files):
+            raise steps.fail("collect packages", "the build produced no kernel image package")
+        manifest = _manifest(inputs, tree, release, files, build_dir)
+    finally:
+        steps.close()
+    write_text(build_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _manifest(inputs: BuildInputs, tree: Path, release: str, files: list[Path], build_dir: Path) -> dict:
+    recipe = inputs.recipe
+    return {
+        "schema": MANIFEST_SCHEMA,
+        "recipe": recipe.name,
+        "kernel_release": release,
+        "cache_key": inputs.key,
+        "source": {"tarball": inputs.tarball.name, "sha256": inputs.tarball_sha256,
+                   "debian_package": recipe.source.debian_package},
+        "patches": [
+            {"name": name, "sha256": sha, **{k: v for k, v in parse_patch(read_patch(path), name).to_dict().items() if k != "name"}}
+            for name, path, sha in inputs.patches
+        ],
+        "config": {
+            "base": recipe.config_base if not Path(recipe.config_base).is_absolute() else Path(recipe.config_base).name,
+            "fragments": [{"name": f.name, "sha256": sha256_file(f)} for f in recipe.fragments],
+            "request_sha256": hashlib.sha256(inputs.fragment.encode()).hexdigest(),
+            "final_sha256": sha256_file(tree / ".config"),
+        },
+        "localversion": recipe.localversion,
+        "formats": recipe.formats,
+        "packages": [
+            {"file": str(f.relative_to(build_dir)), "name": f.name, "sha256": sha256_file(f), "size": f.stat().st_size}
+            for f in files
+        ],
+    }
+
+
+def _publish(build_dir: Path, manifest: dict, out_dir: Path) -> list[Path]:
+    """Copy packages (if not already identical there) and the manifest into out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for pkg in manifest["packages"]:
+        target = out_dir / pkg["name"]
+        if not (target.is_file() and target.stat().st_size == pkg["size"] and sha256_file(target) == pkg["sha256"]):
+            with staged_path(target) as stage:
+                shutil.copyfile(build_dir / pkg["file"], stage)
+        copied.append(target)
+    public = {**manifest, "packages": [{k: v for k, v in p.items() if k != "file"} for p in manifest["packages"]]}
+    write_text(out_dir / MANIFEST, json.dumps(public, indent=2) + "\n")
+    return copied

@@ -1,0 +1,112 @@
+"""`imagefactory kernel ...`: build kernel packages, measure patches, probe the running kernel."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from imagefactory.errors import ImageFactoryError, RecipeError
+from imagefactory.progress import Progress
+
+
+@click.group()
+def kernel() -> None:
+    """Build, patch and package the VServer-style host kernel."""
+
+
+@kernel.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out"),
+              show_default=True, help="Directory for the packages and kernel-manifest.json.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Build cache (default /var/cache/imagefactory/kernel or $IMAGEFACTORY_KERNEL_CACHE).")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, help="Parallel make jobs (default: all CPUs).")
+@click.option("--json", "as_json", is_flag=True, help="Print the kernel manifest as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+def build(recipe: Path, out_dir: Path, cache_dir: Path | None, jobs: int | None, as_json: bool, quiet: bool) -> None:
+    """Build the kernel packages a RECIPE describes (cached: a repeat is a no-op).
+
+    \b
+    Example:
+      imagefactory kernel build kernel/recipes/host-6.1.toml -o out/
+    """
+    from kernel.build import DEFAULT_CACHE, build as run_build, resolve_inputs
+    from kernel.recipe import load_recipe
+
+    cache = cache_dir or DEFAULT_CACHE
+    inputs = resolve_inputs(load_recipe(recipe), cache)
+    result = run_build(inputs, out_dir, cache, jobs, Progress(quiet=quiet))
+    if as_json:
+        click.echo(json.dumps({**result.manifest, "cached": result.cached}, indent=2))
+        return
+    state = "up to date (cached)" if result.cached else "built"
+    click.echo(f"{result.manifest['kernel_release']}: {state}")
+    for pkg in result.manifest["packages"]:
+        click.echo(f"  {out_dir / pkg['name']}  {pkg['size']} bytes  sha256:{pkg['sha256'][:16]}")
+    click.echo(f"  {result.manifest_path}")
+
+
+@kernel.command("patch-stats")
+@click.argument("patches", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One object per patch plus the total.")
+def patch_stats(patches: tuple[Path, ...], as_json: bool) -> None:
+    """Files, new files, hunks and lines added/removed of each PATCH (.gz/.bz2/.xz too)."""
+    from kernel.patchstats import format_table, parse_patch, read_patch, total
+
+    try:
+        stats = [parse_patch(read_patch(p), p.name) for p in patches]
+    except (OSError, EOFError, ValueError) as exc:
+        raise RecipeError(f"cannot read patch: {exc}") from None
+    if as_json:
+        click.echo(json.dumps({"patches": [s.to_dict() for s in stats], "total": total(stats).to_dict()}, indent=2))
+    else:
+        click.echo(format_table(stats))
+
+
+@kernel.command()
+@click.argument("directory", required=False, default=".", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
+def probe(directory: Path, as_json: bool) -> None:
+    """What the running kernel and DIRECTORY's filesystem support (tried on a probe file)."""
+    from unify.probe import probe as run_probe
+
+    try:
+        result = run_probe(directory)
+    except PermissionError as exc:
+        raise ImageFactoryError(f"cannot create a probe file in {directory}: {exc.strerror}") from None
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    yes = {True: "yes", False: "no"}
+    vci = result.vci
+    kernel_line = f"yes (VCI {vci.get('version', '?')}; {', '.join(vci.get('features', [])) or 'no feature bits'})" if result.vserver else "no (/proc/virtual/info missing)"
+    click.echo(f"VServer kernel:      {kernel_line}")
+    click.echo(f"filesystem:          {result.filesystem} ({directory})")
+    click.echo(f"immutable flag:      {yes[result.immutable]}")
+    click.echo(f"IXUNLINK flag:       {yes[result.ixunlink]}")
+    click.echo(f"reflink (FICLONE):   {yes[result.reflink]}")
+    click.echo(f"unify --mode auto:   {result.auto_mode or 'refuses'} ({result.reason})")
+
+
+@kernel.command("test-ixunlink")
+@click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Kernel recipe to build and boot (default: kernel/recipes/host-6.1.toml).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Kernel build cache.")
+@click.option("--timeout", type=int, default=300, show_default=True, help="Seconds before the VM is killed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the parsed results as JSON.")
+def test_ixunlink(recipe: Path | None, cache_dir: Path | None, timeout: int, as_json: bool) -> None:
+    """Build the patched kernel, boot it under qemu and check every IXUNLINK rule inside."""
+    from kernel.build import DEFAULT_CACHE
+    from kernel.qemutest import DEFAULT_RECIPE, run_ixunlink_test
+
+    report = run_ixunlink_test(recipe or DEFAULT_RECIPE, cache_dir or DEFAULT_CACHE, timeout, Progress())
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        for rule in report.rules:
+            click.echo(f"{'PASS' if rule.ok else 'FAIL'}  {rule.name}: {rule.detail}")
+        click.echo(f"{report.passed} passed, {report.failed} failed  (kernel {report.kernel}, log {report.console_log})")
+    if not report.ok:
+        raise ImageFactoryError(f"IXUNLINK test failed: {report.failed} rule(s) failed or the VM gave no summary; console log: {report.console_log}")
