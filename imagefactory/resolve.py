@@ -102,6 +102,19 @@ def parse_relations(text: str, arch: str) -> tuple[tuple[Rel, ...], ...]:
     return tuple(groups)
 
 
+@lru_cache(maxsize=None)
+def parse_provides(text: str) -> tuple[tuple[str, str | None], ...]:
+    """'a (= 1), b:any' -> (('a', '1'), ('b', None)). Provides has no alternatives
+    or ranges, so a split is exact and much faster than a full relation parse
+    (it runs over every package of the archive)."""
+    out = []
+    for item in text.split(","):
+        name, _, rest = item.strip().partition(" ")
+        version = rest.strip(" ()").lstrip("=").strip() or None
+        out.append((name.split(":", 1)[0], version))
+    return tuple(out)
+
+
 class Universe:
     """The installable packages of one architecture, indexed for lookups."""
 
@@ -123,9 +136,9 @@ class Universe:
                 self.invalid.append(p)
         self.providers: dict[str, list[tuple[Package, str | None]]] = {}
         for p in self.candidates.values():
-            for group in parse_relations(p.provides, arch):
-                for rel in group:
-                    self.providers.setdefault(rel.name, []).append((p, rel.version))
+            if p.provides:
+                for name, version in parse_provides(p.provides):
+                    self.providers.setdefault(name, []).append((p, version))
 
     def matches(self, rel: Rel) -> list[Package]:
         """Packages that would satisfy rel: the real package, then providers."""
@@ -205,9 +218,8 @@ def install_rounds(packages: list[Package], preinstalled: set[str], arch: str) -
     provided: dict[str, str] = {}
     for p in packages:
         provided[p.name] = p.name
-        for group in parse_relations(p.provides, arch):
-            for rel in group:
-                provided.setdefault(rel.name, p.name)
+        for name, _ in parse_provides(p.provides) if p.provides else ():
+            provided.setdefault(name, p.name)
     done = set(preinstalled)
     left = list(packages)
     rounds = []

@@ -3,7 +3,7 @@
 plan:      repomd.xml (signature when repo_gpgcheck) -> primary + comps (checksums)
            -> comps group of the variant + recipe packages -> resolved set
 install:   rpmkeys --checksig with the recipe's key, then one rpm transaction
-configure: the hostname (rpm leaves no caches or logs; dnf never runs)
+configure: identity, the secure /dev, customize steps, cleanup (shared with Debian)
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import datetime
 import urllib.parse
 from pathlib import Path
 
-from imagefactory import chroot
+from imagefactory import chroot, configure
 from imagefactory.errors import FetchError, RecipeError, ResolveError, VerificationError
 from imagefactory.fetch import cached_fetch, fetch_url
 from imagefactory.plan import Artifact, BuildOptions, Plan
@@ -98,8 +98,12 @@ class RpmBackend:
         install.restore_mountpoints(rootfs)
 
     def configure(self, plan: Plan, rootfs: Path, progress: Progress) -> None:
-        progress.stage("configure: hostname")
+        r = plan.recipe
+        progress.stage("configure: hostname, /dev, customize, cleanup")
+        configure.write_identity(rootfs, r.hostname)
+        if r.customize:
+            with chroot.mounted(rootfs):
+                configure.customize(rootfs, r, {"SOURCE_DATE_EPOCH": str(plan.snapshot_epoch)})
+        configure.write_dev(rootfs)
+        configure.cleanup(rootfs)
         install.tidy_rpmdb(rootfs)
-        etc = rootfs / "etc"
-        if plan.recipe.hostname and etc.is_dir() and not (etc / "hostname").is_symlink():
-            (etc / "hostname").write_text(plan.recipe.hostname + "\n")

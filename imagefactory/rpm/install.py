@@ -36,7 +36,7 @@ def _run(argv: list[str], what: str) -> subprocess.CompletedProcess[str]:
 
 def rpm_argv(root: Path) -> list[str]:
     """rpm acting on the guest's database (Debian's rpm defaults to ~/.rpmdb)."""
-    return ["rpm", "--root", str(root), "--dbpath", RPMDB, "--define", "_db_backend sqlite"]
+    return ["rpm", "--root", os.path.abspath(root), "--dbpath", RPMDB, "--define", "_db_backend sqlite"]
 
 
 def check_signatures(files: dict[str, Path], keyring: Path) -> None:
@@ -121,6 +121,8 @@ def restore_mountpoints(root: Path, points: tuple[str, ...] = ("/proc", "/sys", 
 def tidy_rpmdb(root: Path) -> None:
     """Drop sqlite's shared-memory and empty write-ahead files: state of the build host, not the guest."""
     db = root / RPMDB.lstrip("/")
+    if os.path.realpath(db) != os.path.join(os.path.realpath(root), RPMDB.lstrip("/")):
+        return  # a guest symlink points the database elsewhere: not ours to touch
     wal = db / "rpmdb.sqlite-wal"
     if wal.is_file() and not wal.is_symlink() and wal.stat().st_size == 0:
         wal.unlink()

@@ -230,9 +230,20 @@ class _Solver:
             for a in node.args:
                 self.require(a, parent, text)
         elif isinstance(node, Rich) and node.op == "or":
-            for a in node.args:
-                if self.possible(a):
-                    return self.require(a, parent, text)
+            errors = []
+            for a in node.args:  # the first alternative whose whole closure resolves
+                if not self.possible(a):
+                    continue
+                saved = (dict(self.chosen), dict(self.why), deque(self.queue), list(self.conditionals))
+                try:
+                    self.require(a, parent, text)
+                    self.drain()
+                    return
+                except ResolveError as exc:
+                    errors.append(exc)
+                    self.chosen, self.why, self.queue, self.conditionals = saved
+            if errors:
+                raise errors[0]
             self.fail(text, parent)
         else:
             found = self.candidates(node)
@@ -240,20 +251,24 @@ class _Solver:
                 self.fail(str(node) if isinstance(node, Dep) else text, parent)
             self.add(found[0], parent, text)
 
+    def drain(self) -> None:
+        """Process the requirements of every package queued so far."""
+        while self.queue:
+            pkg = self.queue.popleft()
+            for dep in pkg.requires:
+                if dep.name.startswith("rpmlib("):  # features of rpm itself
+                    continue
+                try:
+                    node = parse_rich(dep.name) if dep.name.startswith("(") else dep
+                except ValueError as exc:
+                    raise ResolveError(f"{pkg.nevra}: malformed rich dependency {dep.name!r} ({exc})") from None
+                self.require(node, pkg, str(dep))
+
     def run(self, requested: list[str]) -> list[Package]:
         for name in requested:
             self.add(self.lookup(name), None, name)
         while True:
-            while self.queue:
-                pkg = self.queue.popleft()
-                for dep in pkg.requires:
-                    if dep.name.startswith("rpmlib("):  # features of rpm itself
-                        continue
-                    try:
-                        node = parse_rich(dep.name) if dep.name.startswith("(") else dep
-                    except ValueError as exc:
-                        raise ResolveError(f"{pkg.nevra}: malformed rich dependency {dep.name!r} ({exc})") from None
-                    self.require(node, pkg, str(dep))
+            self.drain()
             for node, parent, text in list(self.conditionals):
                 cond = self.satisfied(node.args[1])
                 branch = node.args[0] if cond == (node.op == "if") else node.orelse

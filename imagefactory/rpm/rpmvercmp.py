@@ -99,13 +99,9 @@ class EVR:
 
 
 def evrcmp(x: EVR, y: EVR) -> int:
-    """Order two package EVRs (rpmverCmp): epoch, then version, then release if both have one."""
-    rc = rpmvercmp(x.epoch or "0", y.epoch or "0")
-    if rc == 0:
-        rc = rpmvercmp(x.version, y.version)
-        if rc == 0 and x.release and y.release:
-            rc = rpmvercmp(x.release, y.release)
-    return rc
+    """Order two package EVRs (rpmverCmp): epoch, then version, then release (missing = empty)."""
+    return (rpmvercmp(x.epoch or "0", y.epoch or "0") or rpmvercmp(x.version, y.version)
+            or rpmvercmp(x.release, y.release))
 
 
 def _atol(text: str) -> int:

@@ -93,7 +93,7 @@ def run_check(confdir: Path, vdir: Path | None, as_json: bool) -> None:
         if not findings:
             click.echo("ok")
     if any(f.level == "error" for f in findings):
-        raise click.exceptions.Exit(1)
+        raise SystemExit(1)  # click.Exit codes are dropped by imagefactory.cli.main (standalone_mode=False)
 
 
 def run_unify(result: SeedResult, store: Path, mode: str, progress: Progress) -> dict:

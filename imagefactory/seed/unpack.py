@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import posixpath
+import stat
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,47 +77,71 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def member_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
-    """tarfile extraction filter for guest images (raises UnsafeInput to refuse)."""
-    name = member.name
-    parts = name.split("/")
-    if name.startswith("/") or ".." in parts:
-        raise UnsafeInput(f"image member {name!r}: absolute or '..' path")
-    root = os.path.realpath(dest)
-    # realpath follows symlinks already unpacked, so this also catches a
-    # member written through an earlier symlink to outside the root.
-    path = os.path.join(root, name)
-    if not _inside(os.path.realpath(path), root):
-        raise UnsafeInput(f"image member {name!r}: would be written outside the guest root")
-    # A tree's archive names each path once; a second entry could only swap
-    # an earlier file or directory for a link.
-    if os.path.lexists(path) and not (member.isdir() and os.path.isdir(path)):
-        raise UnsafeInput(f"image member {name!r}: appears twice in the image")
-    if member.issym():
-        # Absolute targets are resolved inside the guest when it runs; only a
-        # relative target can climb out of the root.
-        target = member.linkname
-        if not target.startswith("/"):
-            resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
-            if resolved == ".." or resolved.startswith("../"):
-                raise UnsafeInput(f"image member {name!r}: symlink to {target!r} leaves the guest root")
-    elif member.islnk():
-        target = member.linkname
-        if target.startswith("/") or ".." in target.split("/"):
-            raise UnsafeInput(f"image member {name!r}: hard link to {target!r} outside the image")
-        if not _inside(os.path.realpath(os.path.join(root, target)), root):
-            raise UnsafeInput(f"image member {name!r}: hard link to {target!r} leaves the guest root")
-    elif member.isblk():
-        raise UnsafeInput(f"image member {name!r}: block device node")
-    elif member.ischr():
-        node = posixpath.normpath(name)
-        expected = SECURE_DEV.get(node.removeprefix("dev/")) if node.startswith("dev/") else None
-        if expected != (member.devmajor, member.devminor):
-            raise UnsafeInput(
-                f"image member {name!r}: character device {member.devmajor},{member.devminor} "
-                "is not in the secure /dev set"
-            )
-    return member
+class MemberFilter:
+    """tarfile extraction filter for guest images (raises UnsafeInput to refuse).
+
+    Where a member lands is judged by resolving its parent directory with
+    realpath, so a member can never be written through a symlink unpacked
+    earlier. Parents are cached: since no path may appear twice in an image,
+    a directory, once it exists, cannot later turn into a symlink.
+    """
+
+    def __init__(self, dest: Path) -> None:
+        self.root = os.path.realpath(dest)
+        self._dirs: dict[str, str] = {"": self.root}
+
+    def _real_dir(self, rel: str, name: str) -> str:
+        real = self._dirs.get(rel)
+        if real is None:
+            real = os.path.realpath(os.path.join(self.root, rel))
+            if not _inside(real, self.root):
+                raise UnsafeInput(f"image member {name!r}: path leads outside the guest root (through a symlink)")
+            self._dirs[rel] = real
+        return real
+
+    def _real(self, rel: str, name: str) -> str:
+        """Host path for rel (normalised, relative), its parent resolved and checked."""
+        if rel == ".":
+            return self.root
+        parent, _, base = rel.rpartition("/")
+        return os.path.join(self._real_dir(parent, name), base)
+
+    def __call__(self, member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+        name = member.name
+        if name.startswith("/") or ".." in name.split("/"):
+            raise UnsafeInput(f"image member {name!r}: absolute or '..' path")
+        rel = posixpath.normpath(name)
+        path = self._real(rel, name)
+        # A tree's archive names each path once; a second entry could only
+        # swap an earlier file or directory for a link (or chmod through one).
+        if os.path.lexists(path) and not (member.isdir() and not os.path.islink(path) and os.path.isdir(path)):
+            raise UnsafeInput(f"image member {name!r}: appears twice in the image")
+        if member.issym():
+            # Absolute targets are resolved inside the guest when it runs;
+            # only a relative target can climb out of the root.
+            target = member.linkname
+            if not target.startswith("/"):
+                resolved = posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
+                if resolved == ".." or resolved.startswith("../"):
+                    raise UnsafeInput(f"image member {name!r}: symlink to {target!r} leaves the guest root")
+        elif member.islnk():
+            target = member.linkname
+            if target.startswith("/") or ".." in target.split("/"):
+                raise UnsafeInput(f"image member {name!r}: hard link to {target!r} outside the image")
+            # os.link follows a symlink target: only an unpacked regular file may be linked.
+            source = self._real(posixpath.normpath(target), name)
+            if not (os.path.lexists(source) and stat.S_ISREG(os.lstat(source).st_mode)):
+                raise UnsafeInput(f"image member {name!r}: hard link to {target!r}, not a regular file of the image")
+        elif member.isblk():
+            raise UnsafeInput(f"image member {name!r}: block device node")
+        elif member.ischr():
+            expected = SECURE_DEV.get(rel.removeprefix("dev/")) if rel.startswith("dev/") else None
+            if expected != (member.devmajor, member.devminor):
+                raise UnsafeInput(
+                    f"image member {name!r}: character device {member.devmajor},{member.devminor} "
+                    "is not in the secure /dev set"
+                )
+        return member
 
 
 # Extended attributes an OS tree needs (file capabilities such as ping's
@@ -165,7 +190,7 @@ def unpack(fileobj: BinaryIO, dest: Path, *, total: int = 0, progress: Progress 
         with tarfile.open(fileobj=reader, mode="r|") as tar:
             members = _counted(tar, total, progress, xattrs)
             # numeric_owner: the guest's uids mean nothing in the host's passwd.
-            tar.extractall(dest, members=members, numeric_owner=True, filter=member_filter)
+            tar.extractall(dest, members=members, numeric_owner=True, filter=MemberFilter(dest))
     except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
         raise ImageFactoryError(f"image is not a valid .tar.zst: {exc}") from None
     _apply_xattrs(dest, xattrs)
