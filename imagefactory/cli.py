@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         if exc.errno == errno.ENOSPC:
-            _fail(f"disk full: {exc.filename or ''} (nothing was left half-written)", 6)
+            where = f" writing {exc.filename}" if exc.filename else ""
+            _fail(f"disk full{where} (no space left on device); partial output was removed", 6)
         _fail(f"{exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}", 6)
     except Exception as exc:  # a bug: say so plainly
         if debug:

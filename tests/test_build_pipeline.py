@@ -183,3 +183,36 @@ def test_hostile_package_is_refused_and_nothing_left(tmp_path):
     assert not (tmp_path / "escaped").exists() and not (out / "escaped").exists()
     assert not out.exists() or not any(out.iterdir())
     assert not mounts_below(tmp_path)
+
+
+def test_interrupt_and_disk_full_leave_nothing(tmp_path, archive, mirror):
+    import signal
+    import time
+
+    r = recipe(tmp_path, archive, mirror)
+    out = tmp_path / "out"
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen([sys.executable, "-m", "imagefactory", "build", str(r), "-o", str(out),
+                             "--cache-dir", str(cache)], stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # interrupt while dpkg runs in the chroot (mounts are up)
+        if "dpkg: installing" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, rest
+    assert "imagefactory: error: interrupted" in rest and "Traceback" not in rest
+    assert not mounts_below(tmp_path)
+    assert not out.exists() or not any(out.iterdir())
+
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
+    try:
+        proc = imagefactory("build", str(r), "-o", str(small / "out"), "--cache-dir", str(cache), check=False)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr
+        assert "No space left" in proc.stderr or "disk full" in proc.stderr, proc.stderr
+        assert not mounts_below(small)
+        assert not (small / "out").exists() or not any((small / "out").iterdir())
+    finally:
+        time.sleep(0.2)
+        subprocess.run(["umount", str(small)], check=True)
