@@ -8,6 +8,9 @@ SHA256 and size in the signed Release (fetched by-hash when offered), each
 
 from __future__ import annotations
 
+import hashlib
+import os
+import pickle
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -52,6 +55,22 @@ def index_url(mirror: str, suite: str, rel: Release, name: str) -> str:
     return f"{mirror}/dists/{suite}/{name}"
 
 
+def _load_memo(path: Path):
+    try:
+        with path.open("rb") as f:
+            return pickle.load(f)
+    except (OSError, pickle.PickleError, EOFError):
+        return None
+
+
+def _save_memo(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with tmp.open("wb") as f:
+        pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
+    tmp.replace(path)
+
+
 class DebianBackend:
     """Debian-family guests (Debian, Ubuntu)."""
 
@@ -68,6 +87,26 @@ class DebianBackend:
         text = verify_signed(raw, keyring, f"InRelease of {recipe.suite}").decode("utf-8", "replace")
         rel = parse_release(text)
         check_valid_until(rel, datetime.now(timezone.utc), opts.allow_expired_release)
+        # The resolution is a pure function of the signed Release and the recipe: memoize it.
+        memo_key = hashlib.sha256(text.encode() + recipe.digest.encode()).hexdigest()
+        memo = opts.cache_dir / "plans" / memo_key
+        cached = _load_memo(memo)
+        if cached is not None:
+            essential, self.selected = cached
+            progress.stage(f"resolve: reusing the resolution for this Release ({len(self.selected)} packages)")
+        else:
+            essential, self.selected = self._resolve(recipe, rel, mirror, opts, progress)
+            _save_memo(memo, (essential, self.selected))
+        arts = [
+            Artifact(p.name, p.version, p.architecture, f"{mirror}/{p.filename}", p.sha256, p.size,
+                     p.name in essential)
+            for p in self.selected
+        ]
+        return Plan(recipe, mirror, rel.date_text, int(rel.date.timestamp()), arts)
+
+    def _resolve(self, recipe: Recipe, rel: Release, mirror: str, opts: BuildOptions,
+                 progress: Progress) -> tuple[set[str], list[Package]]:
+        """Fetch + verify the indices and resolve: (essential closure, full selection)."""
         packages: list[Package] = []
         for comp in recipe.components:
             if rel.components and comp not in rel.components:
@@ -82,13 +121,7 @@ class DebianBackend:
         where = f"{recipe.suite} {'/'.join(recipe.components)} {recipe.architecture}"
         # The essential closure is what gets tar-extracted first so dpkg can run in the chroot.
         essential = {p.name for p in resolve(universe, initial_set(universe, "essential", ()), where)}
-        self.selected = resolve(universe, initial_set(universe, recipe.variant, recipe.packages), where)
-        arts = [
-            Artifact(p.name, p.version, p.architecture, f"{mirror}/{p.filename}", p.sha256, p.size,
-                     p.name in essential)
-            for p in self.selected
-        ]
-        return Plan(recipe, mirror, rel.date_text, int(rel.date.timestamp()), arts)
+        return essential, resolve(universe, initial_set(universe, recipe.variant, recipe.packages), where)
 
     def install(self, plan: Plan, files: dict[str, Path], rootfs: Path, progress: Progress) -> None:
         r = plan.recipe

@@ -211,7 +211,7 @@ def test_interrupt_and_disk_full_leave_nothing(tmp_path, archive, mirror):
         proc = imagefactory("build", str(r), "-o", str(small / "out"), "--cache-dir", str(cache), check=False)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr
         assert "No space left" in proc.stderr or "disk full" in proc.stderr, proc.stderr
-        assert not mounts_below(small)
+        assert not mounts_below(small / "out")
         assert not (small / "out").exists() or not any((small / "out").iterdir())
     finally:
         time.sleep(0.2)

@@ -96,13 +96,20 @@ def run_check(confdir: Path, vdir: Path | None, as_json: bool) -> None:
         raise SystemExit(1)  # click.Exit codes are dropped by imagefactory.cli.main (standalone_mode=False)
 
 
-def run_unify(result: SeedResult, store: Path, mode: str, progress: Progress) -> dict:
-    """Unify the committed root (the engine indexes guests by their final path)."""
+def run_unify(result: SeedResult, confdir: Path, store: Path, mode: str, progress: Progress) -> dict:
+    """Unify the new root together with every guest already on this store.
+
+    The engine hashes only sizes that occur more than once among the roots it
+    is given (as hardlink(1) does), so the new guest alone would find few
+    partners; the other guests cost little, as their digests are indexed.
+    """
     from unify.engine import unify
 
-    progress.stage(f"unifying {result.root} into {store}")
+    new_root = Path(result.root)
+    roots = [new_root] + [r for r in inventory.roots_sharing_store(confdir, store) if r != new_root]
+    progress.stage(f"unifying {new_root} into {store} (with {len(roots) - 1} other guests)")
     try:
-        summary = unify([Path(result.root)], store, mode=mode, progress=progress)
+        summary = unify(roots, store, mode=mode, progress=progress)
     except ImageFactoryError as exc:
         raise type(exc)(f"guest {result.name} is seeded, but unifying it failed: {exc}") from None
     return summary.to_dict()
@@ -170,7 +177,7 @@ def seed(source, name, vdir, confdir, address, dev, hostname, memory, cpu, do_un
     progress = Progress(quiet=quiet)
     image = resolve_source(source, repo, keyring, cache, progress)
     result = seed_image(image, guest, replace=replace, progress=progress)
-    unified = run_unify(result, guest.store, unify_mode, progress) if do_unify else None
+    unified = run_unify(result, guest.confdir, guest.store, unify_mode, progress) if do_unify else None
     if as_json:
         click.echo(json.dumps({**result.to_dict(), "unified": unified}, indent=2))
     else:

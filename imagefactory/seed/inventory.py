@@ -102,6 +102,25 @@ def read_guest(conf: Path, page_size: int, *, measure: bool = True) -> GuestInfo
     )
 
 
+def guest_store(conf: Path) -> Path | None:
+    """The unification store a guest is recorded with (apps/vunify/hash/0), if any."""
+    link = conf / "apps/vunify/hash/0"
+    return Path(os.path.realpath(link)) if link.is_symlink() else None
+
+
+def roots_sharing_store(confdir: Path, store: Path) -> list[Path]:
+    """Roots of the guests whose config points at store (they unify against each other)."""
+    wanted = os.path.realpath(store)
+    roots = []
+    for conf in guest_dirs(confdir):
+        vdir = conf / "vdir"
+        if str(guest_store(conf)) == wanted and vdir.is_symlink():
+            root = conf / os.readlink(vdir)
+            if root.is_dir():
+                roots.append(root)
+    return roots
+
+
 def guest_dirs(confdir: Path) -> list[Path]:
     """Conf dirs of guests (dirs with a `context` or `name` file; dot-dirs are staging)."""
     if not confdir.is_dir():
