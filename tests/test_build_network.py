@@ -50,6 +50,15 @@ def test_sid_guest_works(sid):
     assert not mounts_below(out)
 
 
+def test_second_build_is_byte_identical_and_downloads_nothing(sid, tmp_path):
+    out, manifest = sid
+    proc = subprocess.run([sys.executable, "-m", "imagefactory", "build", "debian-sid", "--allow-expired-release",
+                           "-o", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert f"download: 0 of {len(manifest['packages'])} packages" in proc.stderr
+    assert (tmp_path / "debian-sid.tar.zst").read_bytes() == (out / "debian-sid.tar.zst").read_bytes()
+
+
 def test_minbase_set_equals_mmdebstrap(sid, tmp_path):
     if shutil.which("mmdebstrap") is None:
         pytest.fail("mmdebstrap missing: scripts/setup installs it")
