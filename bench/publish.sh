@@ -79,8 +79,8 @@ cp "$WORK"/in/debs/*.deb "$WORK/manual/pool/"
 ( cd "$WORK/manual" && dpkg-scanpackages -m pool > dists/stable/main/binary-amd64/Packages 2>/dev/null \
   && xz -k dists/stable/main/binary-amd64/Packages \
   && { printf 'Suite: stable\nCodename: stable\nArchitectures: amd64\nComponents: main\nSHA256:\n'
-       cd dists/stable && for f in main/binary-amd64/Packages main/binary-amd64/Packages.xz; do
-           printf ' %s %s %s\n' "$(sha256sum < $f | cut -d' ' -f1)" "$(stat -c %s $f)" "$f"; done; } \
+       ( cd dists/stable && for f in main/binary-amd64/Packages main/binary-amd64/Packages.xz; do
+           printf ' %s %s %s\n' "$(sha256sum < $f | cut -d' ' -f1)" "$(stat -c %s $f)" "$f"; done ); } \
      > dists/stable/Release \
   && gpg --batch --yes --clearsign -o dists/stable/InRelease dists/stable/Release )
 manual_apt=$(secs "$t")

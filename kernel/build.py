@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -146,7 +147,7 @@ def _last_error(log: Path) -> str:
     """The last line that says error, to put the cause in the one-line message."""
     lines = log.read_text(errors="replace").splitlines()
     for line in reversed(lines):
-        if "error" in line.lower() and not line.startswith("==="):
+        if "error" in line.lower() and not line.startswith("===") and not re.match(r"make(\[\d+\])?: \*\*\*", line):
             return line.strip()[:200]
     return lines[-1].strip()[:200] if lines else "no output"
 

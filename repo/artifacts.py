@@ -25,6 +25,8 @@ from debian_inspector.debcon import get_paragraph_data
 
 from imagefactory.errors import ImageFactoryError, UnsafeInput, VerificationError
 
+KERNEL_MANIFEST = "kernel-manifest.json"  # written by `imagefactory kernel build` beside its packages
+KERNEL_MANIFEST_SCHEMA = "imagefactory-kernel-manifest/1"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~:-]*$")
 
 
@@ -225,14 +227,45 @@ def read_image(path: Path, version: str | None = None) -> Image:
 
 
 def read_extra(path: Path) -> Extra:
+    """A JSON document; kernel build manifests get a per-release name (every build calls its file
+    kernel-manifest.json, so the plain file name would collide across kernels)."""
     try:
         data = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise ArtifactError(f"{path}: expected a JSON object")
+    name = path.name
+    if data.get("schema") == KERNEL_MANIFEST_SCHEMA:
+        name = f"{data.get('recipe')}-{data.get('kernel_release')}.{KERNEL_MANIFEST}"
     digest, size = sha256_file(path)
-    return Extra(path, _safe(path.name, "file name", path), digest, size, data)
+    return Extra(path, _safe(name, "manifest name", path), digest, size, data)
+
+
+def _listed(extra: Extra) -> dict[str, str]:
+    packages = extra.data.get("packages") if extra.data.get("schema") == KERNEL_MANIFEST_SCHEMA else None
+    return {p.get("name"): p.get("sha256") for p in packages or [] if isinstance(p, dict)}
+
+
+def with_kernel_manifests(artifacts: list) -> list:
+    """Add the kernel manifest lying beside given packages, and refuse packages it contradicts."""
+    packages = [a for a in artifacts if isinstance(a, (Deb, Rpm))]
+    manifests = {a.path.resolve(): a for a in artifacts if isinstance(a, Extra) and _listed(a)}
+    added = []
+    for pkg in packages:
+        beside = pkg.path.parent / KERNEL_MANIFEST
+        if beside.is_file() and beside.resolve() not in manifests:
+            extra = read_extra(beside)
+            if pkg.path.name in _listed(extra):
+                manifests[beside.resolve()] = extra
+                added.append(extra)
+    for extra in manifests.values():
+        listed = _listed(extra)
+        for pkg in packages:
+            if pkg.path.parent.resolve() == extra.path.parent.resolve() and pkg.path.name in listed \
+                    and listed[pkg.path.name] != pkg.sha256:
+                raise VerificationError(f"{pkg.path}: does not match the sha256 in {extra.path}; refusing to publish")
+    return artifacts + added
 
 
 def read_any(path: Path, version: str | None = None) -> Deb | Rpm | Image | Extra:

@@ -36,7 +36,13 @@ def publish(repo_path: Path, replace: bool, version: str | None, as_json: bool, 
 
     Everything is checked first (manifest hashes, package headers, version
     conflicts, the signing key); then a complete new signed state is written
-    beside the old one and switched in with one rename.
+    beside the old one and switched in with one rename. A kernel-manifest.json
+    lying beside given packages is published with them and must agree with
+    their hashes.
+
+    \b
+    imagefactory publish --repo /srv/repo out/debian-sid.tar.zst
+    imagefactory publish --repo /srv/repo kernel/*.deb kernel/*.rpm
     """
     summary = do_publish(Repo(repo_path), list(artifacts), replace=replace, version=version,
                          progress=Progress(quiet=quiet or as_json))

@@ -20,7 +20,7 @@ from pathlib import Path
 from imagefactory.errors import ImageFactoryError
 from imagefactory.progress import Progress
 from repo import apt, rpmmd, streams
-from repo.artifacts import Deb, Extra, Image, Rpm, read_any, sha256_file
+from repo.artifacts import Deb, Extra, Image, Rpm, read_any, sha256_file, with_kernel_manifests
 from repo.layout import STATE_FILE, Config, Repo, copy_in, put, retained
 from repo.sign import Signer, SigningKeyError
 
@@ -72,7 +72,7 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _add(stage: Path, config: Config, signer: Signer, art, state: dict) -> None:
+def _add(stage: Path, config: Config, art, state: dict) -> None:
     """Copy one artifact into the staging state and record it."""
     if isinstance(art, Deb):
         rel = apt.pool_path(config.component, art.package, art.version, art.architecture)
@@ -83,12 +83,10 @@ def _add(stage: Path, config: Config, signer: Signer, art, state: dict) -> None:
                                   "control": art.control}
     elif isinstance(art, Rpm):
         rel = f"{rpmmd.RPM_DIR}/Packages/{art.name}-{art.version}-{art.release}.{art.arch}.rpm"
-        target = copy_in(stage, rel, art.path)
-        signer.sign_rpm(target)  # the published copy carries the repository's signature
-        digest, size = sha256_file(target)
+        copy_in(stage, rel, art.path)  # signed (and hashed again) by _sign_rpms
         state["rpms"][art.key] = {"name": art.name, "epoch": art.epoch, "version": art.version,
-                                  "release": art.release, "arch": art.arch, "filename": rel, "size": size,
-                                  "sha256": digest, "source_sha256": art.sha256}
+                                  "release": art.release, "arch": art.arch, "filename": rel, "size": art.size,
+                                  "sha256": art.sha256, "source_sha256": art.sha256}
     elif isinstance(art, Image):
         base = streams.image_dir(art.name, art.version)
         rel, mrel = f"{base}/{art.name}.tar.zst", f"{base}/{art.name}.manifest.json"
@@ -103,6 +101,14 @@ def _add(stage: Path, config: Config, signer: Signer, art, state: dict) -> None:
         copy_in(stage, rel, art.path)
         state["extras"][art.key] = {"path": rel, "sha256": art.sha256, "size": art.size,
                                     "source_sha256": art.sha256}
+
+
+def _sign_rpms(stage: Path, signer: Signer, state: dict, keys: list[str]) -> None:
+    """The published copies carry the repository's signature; record their new hashes."""
+    records = [state["rpms"][k] for k in keys]
+    signer.sign_rpms([stage / r["filename"] for r in records])
+    for record in records:
+        record["sha256"], record["size"] = sha256_file(stage / record["filename"])
 
 
 def _remove_generated(stage: Path) -> None:
@@ -187,8 +193,9 @@ def write_state(repo: Repo, config: Config, signer: Signer, state: dict, changes
     with repo.new_state() as (serial, stage):
         now = time.time()
         for n, art in enumerate(changes, 1):
-            _add(stage, config, signer, art, state)
+            _add(stage, config, art, state)
             progress.count("copied", n, len(changes))
+        _sign_rpms(stage, signer, state, [a.key for a in changes if isinstance(a, Rpm)])
         progress.stage("writing and signing indexes")
         _remove_generated(stage)
         indexes = _write_apt(stage, config, signer, state, now)
@@ -218,7 +225,7 @@ def publish(repo: Repo, paths: list[Path], *, replace: bool = False, version: st
     progress = progress or Progress(quiet=True)
     config = repo.config()
     progress.stage(f"checking {len(paths)} artifact(s)")
-    artifacts = [read_any(p, version) for p in paths]
+    artifacts = with_kernel_manifests([read_any(p, version) for p in paths])
     with open_signer(config) as signer, repo.lock():
         check_key(signer, config)
         state = repo.read_state(repo.current())

@@ -84,7 +84,7 @@ def pull(url: str, name: str, out_dir: Path, keyring: Path, version: str | None 
     directory = streams.image_dir(name, version or "")
     image_rel, manifest_rel = f"{directory}/{name}.tar.zst", f"{directory}/{name}.manifest.json"
     if version is None or image_rel not in sums or manifest_rel not in sums:
-        known = sorted({p.split("/")[1] for p in sums if p.startswith("images/")})
+        known = sorted({"@".join(p.split("/")[1:3]) for p in sums if p.startswith("images/")})
         raise ImageFactoryError(f"no image {name}{'@' + version if version else ''} at {base} "
                                 f"(available: {', '.join(known) or 'none'})")
     created = not out_dir.exists()

@@ -95,7 +95,11 @@ def verify_tree(directory: Path) -> list[str]:
         if hashlib.sha256(blob).hexdigest() != entry["checksum"]:
             problems.append(f"rpm: {entry['href']} does not match its repomd.xml checksum")
             continue
-        opened = _open_data(entry["href"], blob)
+        try:
+            opened = _open_data(entry["href"], blob)
+        except (OSError, EOFError, lzma.LZMAError, zstandard.ZstdError) as exc:
+            problems.append(f"rpm: {entry['href']} does not decompress ({exc})")
+            continue
         if "open_checksum" in entry and hashlib.sha256(opened).hexdigest() != entry["open_checksum"]:
             problems.append(f"rpm: {entry['href']} decompresses to data that does not match open-checksum")
         if kind == "primary":

@@ -139,14 +139,16 @@ class Signer:
         args = [_need("gpg"), "--batch", "--export", *(["--armor"] if armor else []), self.fingerprint]
         return _run(args, self.env, "exporting the public key")
 
-    def sign_rpm(self, path: Path) -> None:
-        """Add an OpenPGP header signature in place (dnf gpgcheck, rpmkeys --checksig)."""
+    def sign_rpms(self, paths: list[Path]) -> None:
+        """Add OpenPGP header signatures in place (dnf gpgcheck, rpmkeys --checksig); one rpmsign run."""
+        if not paths:
+            return
         # rpm's default %__gpg is gpg2, which Debian does not ship: name the gpg we use.
         args = [_need("rpmsign"), "--define", f"__gpg {_need('gpg')}", "--define", f"_gpg_name {self.fingerprint}",
                 "--define", "_gpg_sign_cmd_extra_args --batch --pinentry-mode loopback --passphrase ''"]
         if self.gnupghome:
             args += ["--define", f"_gpg_path {self.gnupghome}"]
-        _run(args + ["--addsign", str(path)], self.env, f"signing {path.name}")
+        _run(args + ["--addsign", *map(str, paths)], self.env, f"signing {len(paths)} RPM(s)")
 
 
 def dearmor(key: bytes) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from imagefactory.errors import VerificationError
@@ -48,7 +49,7 @@ def verify_apt(state: Path, keyring: Path) -> list[str]:
         problems += [f"apt: {e}" for e in errs]
         if signed is None:
             continue
-        if release_path.read_bytes() != signed:
+        if not release_path.is_file() or release_path.read_bytes() != signed:
             problems.append(f"apt: {dist.name}/Release differs from the text signed in InRelease")
         _, sums = apt.parse_release(signed.decode())
         for rel, (digest, size) in sums.items():
@@ -77,7 +78,10 @@ def verify_rpm(state: Path, keyring: Path) -> list[str]:
     if not (tree / "repodata" / "repomd.xml").is_file():
         return []
     _, errs = _signed(verify_detached, keyring, tree / "repodata" / "repomd.xml.asc", tree / "repodata" / "repomd.xml")
-    return [f"rpm: {e}" for e in errs] + rpmmd.verify_tree(tree)
+    try:
+        return [f"rpm: {e}" for e in errs] + rpmmd.verify_tree(tree)
+    except (ET.ParseError, AttributeError, ValueError, OSError, EOFError) as exc:
+        return [f"rpm: {e}" for e in errs] + [f"rpm: repodata is unreadable ({exc})"]
 
 
 def verify_images(state: Path, keyring: Path) -> list[str]:

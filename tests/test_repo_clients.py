@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import need_tool
-from tests.test_repo_support import gpg_key, init_repo, make_deb, make_rpm, run  # noqa: F401
+from tests.test_repo_support import gpg_key, init_repo, make_deb, make_rpm, run, stop_gpg_agents  # noqa: F401
 
 
 def apt_root(tmp_path: Path, repo: Path) -> list[str]:
@@ -110,7 +110,10 @@ def test_rpm_signatures_and_dnf_install(tmp_path, capsys, gpg_key):
            f"--repofrompath=ifrepo,file://{repo}/current/rpm", "--setopt=ifrepo.gpgcheck=1",
            "--setopt=ifrepo.repo_gpgcheck=1", f"--setopt=ifrepo.gpgkey=file://{repo}/current/key.asc",
            "--releasever=40"]
-    result = subprocess.run(dnf + ["install", "hello-if"], capture_output=True, text=True, timeout=120)
+    try:
+        result = subprocess.run(dnf + ["install", "hello-if"], capture_output=True, text=True, timeout=120)
+    finally:
+        stop_gpg_agents(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (root / "usr/share/hello-if/data").read_text() == "1.0\n"
 
@@ -118,7 +121,10 @@ def test_rpm_signatures_and_dnf_install(tmp_path, capsys, gpg_key):
     repomd = repo / "current/rpm/repodata/repomd.xml"
     repomd.write_text(repomd.read_text().replace("<revision>", "<revision>9"))
     shutil.rmtree(tmp_path / "dnfcache")
-    result = subprocess.run(dnf + ["--refresh", "makecache"], capture_output=True, text=True, timeout=120)
+    try:
+        result = subprocess.run(dnf + ["--refresh", "makecache"], capture_output=True, text=True, timeout=120)
+    finally:
+        stop_gpg_agents(tmp_path)
     assert result.returncode != 0, result.stdout + result.stderr
     code, out, _ = run(capsys, "repo", "verify", repo)
     assert code == 3 and "FAIL rpm: bad signature repomd.xml.asc" in out

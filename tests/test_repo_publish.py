@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -143,3 +144,45 @@ def test_verify_catches_tampering(tmp_path, capsys, gpg_key):
         assert any(line.startswith(f"FAIL {expected}") for line in out.splitlines()), (rel, out)
         path.write_bytes(original)
     assert run(capsys, "repo", "verify", repo)[0] == 0
+
+
+def _kernel_manifest(directory, packages) -> None:
+    (directory / "kernel-manifest.json").write_text(json.dumps({
+        "schema": "imagefactory-kernel-manifest/1", "recipe": "vs-test", "kernel_release": "6.1.0-vs1",
+        "packages": [{"name": p.name, "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+                      "size": p.stat().st_size} for p in packages]}))
+
+
+def test_kernel_manifest_beside_packages_is_published_and_checked(tmp_path, capsys, gpg_key):
+    repo = init_repo(capsys, gpg_key, tmp_path / "repo")
+    kdir = tmp_path / "kernel"
+    kdir.mkdir()
+    deb, rpm = make_deb(kdir, name="linux-image-6.1.0-vs1"), make_rpm(kdir, name="kernel-vs")
+    _kernel_manifest(kdir, [deb, rpm])
+    code, out, err = run(capsys, "publish", "--repo", repo, "--json", deb, rpm)  # like kernel/*.deb kernel/*.rpm
+    assert code == 0, err
+    assert "vs-test-6.1.0-vs1.kernel-manifest.json" in json.loads(out)["added"]
+    published = repo / "current/manifests/vs-test-6.1.0-vs1.kernel-manifest.json"
+    assert published.read_bytes() == (kdir / "kernel-manifest.json").read_bytes()
+    assert "manifests/vs-test-6.1.0-vs1.kernel-manifest.json" in (repo / "current/SHA256SUMS").read_text()
+
+    # A package the manifest does not describe (rebuilt behind its back) is refused.
+    other = tmp_path / "other"
+    other.mkdir()
+    stale = make_deb(other, name="linux-image-6.1.0-vs2", payload=b"old")
+    _kernel_manifest(other, [stale])
+    make_deb(other / "rebuilt", name="linux-image-6.1.0-vs2", payload=b"new")
+    shutil.copy(other / "rebuilt/linux-image-6.1.0-vs2_1.0-1_all.deb", stale)
+    before = snapshot(repo)
+    code, _, err = run(capsys, "publish", "--repo", repo, stale)
+    assert code == 3 and "does not match the sha256 in" in err
+    assert snapshot(repo) == before
+
+
+def test_init_with_key_from_users_keyring(tmp_path, capsys, gpg_key, monkeypatch):
+    monkeypatch.setenv("GNUPGHOME", str(gpg_key["home"]))
+    code, out, err = run(capsys, "repo", "init", tmp_path / "repo", "--key", "t@example.invalid", "--json")
+    assert code == 0, err
+    assert len(json.loads(out)["fingerprint"]) == 40
+    assert run(capsys, "publish", "--repo", tmp_path / "repo", make_deb(tmp_path))[0] == 0
+    assert run(capsys, "repo", "verify", tmp_path / "repo")[0] == 0

@@ -45,13 +45,13 @@ def test_pull_newest_and_pinned_version(tmp_path, capsys, served):
 
     pinned = tmp_path / "pinned"
     code, _, err = run(capsys, "pull", served["url"], "testimg", "-o", pinned, "--keyring",
-                       served["repo"] / "current/key.asc", "--version", "20260922_133320")
+                       served["repo"] / "current/key.asc", "--version", "20260921_141320")
     assert code == 0, err  # the armored key works too
     assert (pinned / "testimg.tar.zst").read_bytes() != served["new"].read_bytes()
 
     code, _, err = run(capsys, "pull", served["url"], "nosuch", "-o", tmp_path / "none", "--keyring",
                        served["keyring"])
-    assert code == 1 and "no image nosuch" in err and "available: testimg" in err
+    assert code == 1 and "no image nosuch" in err and "available: testimg@20260921_141320, testimg@20261030_080801" in err
     assert not (tmp_path / "none").exists()
 
 

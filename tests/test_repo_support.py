@@ -9,8 +9,10 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,8 +26,7 @@ from imagefactory.cli import main
 def gpg_key(tmp_path_factory) -> dict:
     """A passphrase-less ed25519 signing key in its own GNUPGHOME, exported to a key file."""
     need_tool("gpg", "gpgv")
-    home = Path("/tmp") / f"if-test-gpg-{os.getpid()}"  # short: gpg-agent socket paths are limited
-    home.mkdir(mode=0o700, exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="if-tk-", dir="/tmp"))  # short: gpg-agent socket paths are limited
     env = {**os.environ, "GNUPGHOME": str(home)}
     subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", "Test <t@example.invalid>",
                     "ed25519", "sign", "never"], env=env, check=True, capture_output=True)
@@ -38,14 +39,13 @@ def gpg_key(tmp_path_factory) -> dict:
                                       capture_output=True).stdout)
     yield {"home": home, "secret": secret, "public": public, "env": env}
     subprocess.run(["gpgconf", "--kill", "all"], env=env, capture_output=True)
-    subprocess.run(["rm", "-rf", str(home)])
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def other_key(tmp_path_factory) -> Path:
     """A second, unrelated secret key file (for wrong-key tests)."""
-    home = Path("/tmp") / f"if-test-gpg2-{os.getpid()}"
-    home.mkdir(mode=0o700, exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="if-tk2-", dir="/tmp"))
     env = {**os.environ, "GNUPGHOME": str(home)}
     subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", "Other <o@example.invalid>",
                     "ed25519", "sign", "never"], env=env, check=True, capture_output=True)
@@ -54,7 +54,7 @@ def other_key(tmp_path_factory) -> Path:
                                       check=True, capture_output=True).stdout)
     yield secret
     subprocess.run(["gpgconf", "--kill", "all"], env=env, capture_output=True)
-    subprocess.run(["rm", "-rf", str(home)])
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def make_deb(directory: Path, name: str = "hello-if", version: str = "1.0-1", arch: str = "all",
@@ -146,3 +146,10 @@ def snapshot(repo: Path) -> dict[str, str]:
         elif path.is_file() and rel != ".imagefactory/lock":
             result[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
     return result
+
+
+def stop_gpg_agents(directory: Path) -> None:
+    """Stop agents that clients (dnf) started in GNUPGHOMEs under directory: leave no processes."""
+    for keybox in directory.rglob("pubring.kbx"):  # sockets may live in /run/user, so find the homes
+        subprocess.run(["gpgconf", "--kill", "all"], env={**os.environ, "GNUPGHOME": str(keybox.parent)},
+                       capture_output=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_seed_helpers import run_cli, seed_args, tiny_image
+from tests.test_seed_helpers import run_cli, seed_args, tiny_image
 
 from imagefactory.seed.guest import GuestError, Interface, check_hostname, check_name
 

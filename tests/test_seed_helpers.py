@@ -45,6 +45,7 @@ def basic_tree(devices: bool) -> list[tuple]:
         entry("./usr/bin/ping", data=b"ping binary\n" * 10, mode=0o755,
               pax_headers={"SCHILY.xattr.security.capability": CAP_NET_RAW.decode("utf-8", "surrogateescape")}),
         entry("./usr/bin/tool-again", tarfile.LNKTYPE, linkname="./usr/bin/tool"),
+        entry("./usr/bin/solo", data=b"the only file of this size\n" * 7, mode=0o755),
         entry("./bin", tarfile.SYMTYPE, linkname="usr/bin"),
         entry("./etc/localtime", tarfile.SYMTYPE, linkname="/usr/share/zoneinfo/Etc/UTC"),
         entry("./usr/sbin/init", tarfile.SYMTYPE, linkname="/lib/systemd/systemd"),

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from test_seed_helpers import basic_tree, entry, run_cli, seed_args, tiny_image, write_image
+from tests.test_seed_helpers import basic_tree, entry, run_cli, seed_args, tiny_image, write_image
 
 from imagefactory.seed import contexts, seeder
 
@@ -164,3 +164,30 @@ def test_stale_staging_of_a_killed_seed_is_cleaned(tmp_path, capsys):
     (dead / "junk").write_text("x")
     assert run_cli(seed_args(image, "web1", tmp_path), capsys)[0] == 0
     assert not dead.exists()
+
+
+SIGTERM_DURING_SEED = """
+import os, signal, sys
+from imagefactory.seed import seeder
+from imagefactory.cli import main
+
+def killed(stage, tree):
+    stage.mkdir()
+    os.kill(os.getpid(), signal.SIGTERM)
+    signal.pause()  # the handler raises before this returns
+
+seeder.write_tree = killed
+main(sys.argv[1:])
+"""
+
+
+def test_sigterm_cleans_up_like_ctrl_c(tmp_path):
+    import subprocess
+    import sys
+
+    image = tiny_image(tmp_path)
+    result = subprocess.run([sys.executable, "-c", SIGTERM_DURING_SEED, *seed_args(image, "web1", tmp_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 130 and "interrupted" in result.stderr
+    assert not (tmp_path / "vservers/web1").exists() and not (tmp_path / "etc/web1").exists()
+    assert _hidden_leftovers(tmp_path) == []

@@ -9,7 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from test_seed_helpers import CAP_NET_RAW, basic_tree, directory, entry, tiny_image, write_image
+from tests.test_seed_helpers import CAP_NET_RAW, basic_tree, directory, entry, tiny_image, write_image
 
 from imagefactory.errors import ImageFactoryError, UnsafeInput, VerificationError
 from imagefactory.seed import unpack
@@ -109,6 +109,10 @@ HOSTILE = {
     "hardlink-dotdot": [entry("./shadow", tarfile.LNKTYPE, linkname="../../etc/shadow")],
     "hardlink-via-symlink": [entry("./hostetc", tarfile.SYMTYPE, linkname="/etc"),
                              entry("./shadow", tarfile.LNKTYPE, linkname="hostetc/shadow")],
+    "dir-over-symlink": [entry("./x", tarfile.SYMTYPE, linkname="/tmp"), directory("./x", 0o700)],
+    "hardlink-to-symlink": [entry("./s", tarfile.SYMTYPE, linkname="/etc/shadow"),
+                            entry("./h", tarfile.LNKTYPE, linkname="./s")],
+    "hardlink-to-missing": [entry("./h", tarfile.LNKTYPE, linkname="./nothere")],
     "block-device": [directory("./dev"), entry("./dev/sda", tarfile.BLKTYPE, devmajor=8, devminor=0)],
     "chr-outside-set": [directory("./dev"), entry("./dev/mem", tarfile.CHRTYPE, devmajor=1, devminor=1)],
     "chr-wrong-numbers": [directory("./dev"), entry("./dev/null", tarfile.CHRTYPE, devmajor=1, devminor=1)],

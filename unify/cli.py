@@ -97,7 +97,8 @@ def unify(roots, store, mode, dry_run, ignore_mtime, min_size, exclude_from, act
         _out(as_json, {"checked": checked, "problems": [p.__dict__ for p in problems]},
              [f"{p.entry}: {p.problem}" for p in problems] + [f"Verified {checked} entries, {len(problems)} problems"])
         if problems:
-            raise VerificationError(f"{len(problems)} of {checked} store entries no longer match their key")
+            bad = len({p.entry for p in problems})
+            raise VerificationError(f"{bad} of {checked} store entries no longer match their key")
     elif action == "gc":
         res = maintain.gc(store, dry_run=dry_run)
         verb = "Would remove" if dry_run else "Removed"

@@ -17,6 +17,7 @@ Order of work, chosen so that a SIGKILL at any instant is harmless:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import secrets
@@ -57,7 +58,7 @@ class Summary:
     already_bytes: int = 0
     linked: int = 0  # guest files replaced by (or, dry run: that would become) store links
     new_entries: int = 0
-    duplicates: int = 0  # linked - new entries: hardlink(1)'s "linked" count
+    duplicates: int = 0  # guest inodes merged away (hardlink(1)'s "linked"): distinct inodes linked - new entries
     bytes_saved: int = 0
     collisions: int = 0
     changed: int = 0  # changed during the run: left alone
@@ -101,6 +102,16 @@ class _DirCache:
         if self.fd >= 0:
             os.close(self.fd)
         self.fd, self.key = -1, None
+
+
+def _syncfs(path: Path) -> None:
+    """syncfs(2) the filesystem holding path (one flush for all new entries, not one per file)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
 
 
 def _fingerprint(st: os.stat_result) -> tuple:
@@ -152,6 +163,7 @@ class Unifier:
         self.progress = progress
         self.root_fds: list[int] = []
         self.old_records: list[dict] = []
+        self.merged: set[tuple[int, int]] = set()  # guest inodes replaced in the current group
         self.buf = bytearray(CHUNK)
 
     # -- phase 2: walk and hash --------------------------------------------------------------
@@ -177,18 +189,18 @@ class Unifier:
             leftovers: list[tuple[str, str]] = []
             for ref in walk(g, root_fd, matcher, self.min_size, config_files(root_fd), counts, leftovers):
                 rec = old.get(ref.rel)
-                st = ref.st
                 if rec is not None and rec[index.DIGEST]:
+                    st = ref.st
+                    fp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
                     entry = rec[index.ENTRY]
-                    same_inode = rec[index.DEV] == st.st_dev and rec[index.INO] == st.st_ino
-                    if entry and entry in store_names and same_inode and (shares or rec[index.CTIME] == st.st_ctime_ns):
+                    if entry and rec[0] == fp[0] and rec[1] == fp[1] and entry in store_names \
+                            and (shares or rec[index.CTIME] == fp[4]):
                         new[ref.rel] = rec
                         already[entry].append(ref)
                         continue
-                    if same_inode and rec[index.SIZE] == st.st_size and rec[index.MTIME] == st.st_mtime_ns \
-                            and rec[index.CTIME] == st.st_ctime_ns:
-                        new[ref.rel] = [*_fingerprint(st), rec[index.DIGEST], rec[index.METAKEY], ""]
-                        known.append((ref, entry_name(rec[index.DIGEST], rec[index.METAKEY], st.st_size)))
+                    if tuple(rec[:5]) == fp:
+                        new[ref.rel] = rec if not entry else [*rec[:7], ""]
+                        known.append((ref, f"{rec[index.DIGEST]}-{rec[index.METAKEY]}-{fp[2]}"))
                         continue
                 unknown.append(ref)
             if not self.dry_run:
@@ -294,7 +306,7 @@ class Unifier:
         finally:
             dirs.close()
         if new:
-            os.sync()  # entry data on disk before any guest depends on it
+            _syncfs(self.store.objects)  # entry data on disk before any guest depends on it
         return created
 
     def _create_entry(self, name: str, ref: FileRef, dirs: _DirCache) -> bool:
@@ -347,10 +359,14 @@ class Unifier:
                 efd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
                 try:
                     self.prot.unprotect(efd)
+                    self.merged.clear()
                     for ref in sorted(linkable[name], key=lambda r: (r.guest, r.rel)):
                         done += 1
                         self.progress.count("linking", done, total, " files")
                         self._link_one(ref, name, path, efd, dirs, records)
+                    # Several paths may share one inode (perl and perl5.x): it is freed once.
+                    self.s.duplicates += len(self.merged)
+                    self.s.bytes_saved += len(self.merged) * linkable[name][0].st.st_size
                 finally:
                     with contextlib.suppress(OSError):
                         self.prot.protect(efd)
@@ -408,7 +424,7 @@ class Unifier:
         rec = records[ref.guest][ref.rel]
         records[ref.guest][ref.rel] = [*_fingerprint(new), rec[index.DIGEST], rec[index.METAKEY], name]
         self.s.linked += 1
-        self.s.bytes_saved += ref.st.st_size
+        self.merged.add((ref.st.st_dev, ref.st.st_ino))
 
     @staticmethod
     def _entry_id(efd: int) -> tuple[int, int]:
@@ -443,6 +459,12 @@ def unify(
     store_obj = Store(store)
     if not roots:
         raise ImageFactoryError("no guest roots given")
+    roots = list(dict.fromkeys(Path(os.path.abspath(r)) for r in roots))
+    store_abs = Path(os.path.realpath(store))
+    for r in roots:
+        real = Path(os.path.realpath(r))
+        if store_abs == real or store_abs.is_relative_to(real) or real.is_relative_to(store_abs):
+            raise ImageFactoryError(f"the store {store} and the guest root {r} must not contain each other")
     store_obj.create(None)
     chosen, reason = resolve_mode(mode, store_obj.root, dry_run)
     summary = Summary(chosen, reason, dry_run, str(store_obj.root))
@@ -469,7 +491,9 @@ def unify(
             if dry_run:
                 for name, refs in linkable.items():
                     summary.linked += len(refs)
-                    summary.bytes_saved += refs[0].st.st_size * len(refs)
+                    inodes = len({(r.st.st_dev, r.st.st_ino) for r in refs})
+                    summary.duplicates += inodes
+                    summary.bytes_saved += refs[0].st.st_size * inodes
                     if name not in store_names:
                         summary.new_entries += 1
                         summary.bytes_saved -= refs[0].st.st_size
@@ -478,7 +502,7 @@ def unify(
                 summary.bytes_saved -= u.create_entries(linkable, store_names)
                 progress.stage("linking")
                 u.link_all(linkable, store_names, records)
-            summary.duplicates = summary.linked - summary.new_entries
+            summary.duplicates -= summary.new_entries
             for root, recs, old in zip(u.roots, records, u.old_records):
                 if recs != old:
                     index.write(store_obj.root, root, recs, chosen)

@@ -10,13 +10,19 @@ Why numbers come out the way they do (the definitions `du` can check):
   ``du -s -B1 STORE GUEST...`` (du counts hard links once across its arguments).
 * *Saved* = without − real. It is conservative: several names inside ONE guest that were
   linked to the same store entry count once, as du counts them (we cannot tell links that
-  unification made from links the package shipped).
+  unification made from links the package shipped); they are reported on their own as
+  ``within_guest_links_bytes``.
 * A guest file is *shared* when its inode is also a store entry or is reached from two or
-  more guests (hardlink, immutable and vserver modes share the inode).  In reflink mode no
-  inode is shared: there the FIEMAP ``FIEMAP_EXTENT_SHARED`` flag marks shared bytes, and
-  files are grouped by their first shared physical extent (see :func:`file_extents`).
-* ``--what-if`` hashes not-yet-unified roots (content + the metadata a hard link shares,
-  XXH3-128) and reports what unification would give.
+  more guests (hardlink, immutable and vserver modes share the inode). Nothing but lstat is
+  needed for that, so the unify index is not read in these modes.
+* In reflink mode no inode is shared and du counts every clone in full. A guest file whose
+  unify-index record is still fresh (same dev, ino, size, mtime, ctime) is shared with the
+  entry the index names; guests without an index are asked with FIEMAP, whose
+  ``FIEMAP_EXTENT_SHARED`` flag marks shared bytes. Files are grouped by the first shared
+  physical extent, so a group's bytes are counted once.
+* ``--what-if`` uses the engine's own walk and rules (exclude list, config files, minimum
+  size) and its store keys (XXH3-128 of the content, metadata key, size); only files whose
+  size occurs twice are read, and fresh index digests are reused.
 
 The guest trees are hostile: the walk opens every directory relative to its parent with
 O_NOFOLLOW, never follows a symlink and never leaves the guest's filesystem.
@@ -38,8 +44,6 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import xxhash
 
 from imagefactory.errors import EnvironmentProblem, ImageFactoryError, UnsafeInput
 from unify import index as uindex
@@ -156,21 +160,6 @@ def shared_extent_key(fd: int) -> tuple[int, int] | None:
     if not shared:
         return None
     return sum(length for _, length in shared), shared[0][0]
-
-
-def reflink_capable(path: Path) -> bool:
-    """True when FIEMAP works on path (a directory) and the store looks reflinked."""
-    try:
-        fd = os.open(path, _DIR_FLAGS)
-    except OSError:
-        return False
-    try:
-        file_extents(fd)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,12 +341,13 @@ def link_histogram(entries: list[tuple[int, int]]) -> list[dict]:
 class _Group:
     """Guest files that share (or would share) storage: one inode, one extent, one content."""
 
-    __slots__ = ("size", "disk", "where", "occ", "paths", "in_store", "inodes")
+    __slots__ = ("size", "disk", "where", "votes", "occ", "paths", "in_store", "inodes")
 
     def __init__(self, size: int, disk: int, where: tuple[int, str]) -> None:
         self.size = size
         self.disk = disk
-        self.where = where  # (guest index, relpath) of the first name met
+        self.where = where  # (guest index, relpath): the name most guests use (majority vote)
+        self.votes = 1
         self.occ = array.array("I")  # guest index per (guest, inode): what du counts per guest
         self.paths = array.array("I")  # guest index per name (hard links inside a guest each count)
         self.in_store = False
@@ -424,8 +414,12 @@ class _Builder:
         grp = self.groups.get(key)
         if grp is None:
             grp = self.groups[key] = _Group(size, disk, (g, relpath))
-        elif (g, relpath) < grp.where:  # a stable name: the smallest path in the first guest
-            grp.where = (g, relpath)
+        elif relpath == grp.where[1]:  # Boyer-Moore majority vote: the usual name, in O(1) memory
+            grp.votes += 1
+        elif grp.votes:
+            grp.votes -= 1
+        else:
+            grp.where, grp.votes = (g, relpath), 1
         return grp
 
     def finish(self, mode: str, store: StoreFigures | None, attribute_shared: bool, totals: dict) -> Report:
@@ -435,6 +429,7 @@ class _Builder:
         what-if modes); reflink mode measured them per file already.
         """
         first_seen: dict[int, int] = defaultdict(int)  # guest index -> shared group bytes met there first
+        within = 0  # extra names of a store entry inside one guest (du counts them once)
         items: list[FileItem] = []
         for grp in self.groups.values():
             if not grp.occ:
@@ -448,6 +443,8 @@ class _Builder:
             for g in grp.paths:
                 self.guests[g].shared_files += 1
             first_seen[min(grp.occ)] += grp.disk
+            if grp.in_store:
+                within += grp.disk * (len(grp.paths) - len(grp.occ))
             g0, rel = grp.where
             items.append(FileItem(rel, self.guests[g0].name, grp.size, grp.disk, None,
                                   len(set(grp.occ)), len(grp.occ), len(grp.paths), grp.disk * (len(grp.occ) - 1)))
@@ -504,6 +501,7 @@ class _Builder:
             "saved_percent": round(100.0 * (without - disk) / without, 2) if without else 0.0,
             "shared_bytes": sum(g.shared_bytes for g in self.guests),
             "store_overhead_bytes": self.store_overhead,
+            "within_guest_links_bytes": within,
             **totals,
         }
         return Report(mode, self.guests, store, totals, top_shared, top_packages, shared_libraries, cumulative)
@@ -541,10 +539,11 @@ def _walk_store(store: Path, b: _Builder) -> tuple[StoreFigures, dict[tuple[int,
     return figures, entries
 
 
-def detect_sharing(store: Path | None, figures: StoreFigures | None) -> str:
-    """The store's recorded mode decides; without a marker, link counts do.
+def detect_sharing(store: Path | None, figures: StoreFigures | None, entries: dict) -> str:
+    """The store's recorded mode decides; without a marker, the entries tell.
 
-    Entries of a linked store have a second link; a reflink store's entries have none.
+    Entries of a linked store have a second link; a reflink store's entries have none but
+    share extents.
     """
     if store is None or figures is None or not figures.entries:
         return "inode"
@@ -553,7 +552,13 @@ def detect_sharing(store: Path | None, figures: StoreFigures | None) -> str:
         return "reflink" if mode == "reflink" else "inode"
     if any(h["min_links"] > 1 for h in figures.link_histogram):
         return "inode"
-    return "reflink" if reflink_capable(store) else "inode"
+    for _dev_ino, (_disk, rel) in list(entries.items())[:50]:
+        try:
+            if _extent_info_path(Path(str(store) + rel)):
+                return "reflink"
+        except (OSError, EnvironmentProblem):
+            break
+    return "inode"
 
 
 def measure(roots: list[Path], store: Path | None = None, sharing: str = "auto", top: int = 20,
@@ -570,7 +575,7 @@ def measure(roots: list[Path], store: Path | None = None, sharing: str = "auto",
         if progress:
             progress.stage(f"store {store}: {store_fig.entries} entries")
     if sharing == "auto":
-        sharing = detect_sharing(store, store_fig)
+        sharing = detect_sharing(store, store_fig, entries)
     if sharing == "reflink":
         return _measure_reflink(b, store, store_fig, entries, progress)
     for g, root in enumerate(roots):

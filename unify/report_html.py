@@ -54,6 +54,8 @@ def _ticks(top: float, count: int = 5) -> tuple[list[float], float, str]:
 
 def _tick_label(value: float, unit: float, name: str) -> str:
     v = value / unit
+    if v == 0:
+        return "0"
     return f"{v:.0f} {name}" if abs(v - round(v)) < 1e-9 else f"{v:.1f} {name}"
 
 
@@ -74,7 +76,9 @@ def _axes(width: int, height: int, left: int, bottom: int, top_pad: int, ymax: f
 def bar_chart(report: Report, width: int = 1080, height: int = 380) -> str:
     """One stacked column per guest: private bytes below, shared bytes above."""
     guests = report.guests
-    left, bottom, top_pad = 78, 90 if len(guests) <= 40 else 40, 12
+    longest = max((len(_short(g.name)) for g in guests), default=1)
+    left, top_pad = 78, 12
+    bottom = 28 + int(longest * 7 * 0.65) if len(guests) <= 40 else 40  # rotated labels need room
     ymax = max((g.disk_bytes for g in guests), default=0) or 1
     parts, ymax = _axes(width, height, left, bottom, top_pad, ymax)
     plot_w, plot_h = width - left - 20, height - bottom - top_pad
@@ -197,12 +201,12 @@ def render_html(report: Report, top: int = 20) -> str:
         f'<div class="legend"><span><i class="sw" style="background:{WITHOUT}"></i>without unification</span>'
         f'<span><i class="sw" style="background:{WITH}"></i>with unification</span></div>',
         curve_chart(report),
-        '<p class="note">Guests in the order given; "with" includes the store\'s own overhead.</p>',
+        f'<p class="note">Guests in the order given{"" if what_if else "; with unification includes the store overhead"}.</p>',
         "<h2>Guests</h2>",
         _table(
             [("Guest", False), ("Files", True), ("Apparent", True), ("Disk alone", True), ("Private", True),
-             ("Shared", True), ("Ratio", True)],
-            [[(g.name, "p"), (f"{g.files:,}", "n"), (human(g.apparent_bytes), "n"), (human(g.disk_bytes), "n"),
+             ("Would share" if what_if else "Shared", True), ("Ratio", True)],
+            [[(g.name, ""), (f"{g.files:,}", "n"), (human(g.apparent_bytes), "n"), (human(g.disk_bytes), "n"),
               (human(g.private_bytes), "n"), (human(g.shared_bytes), "n"), (f"{100 * g.share_ratio:.1f}%", "n")]
              for g in report.guests],
         ),

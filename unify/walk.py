@@ -103,42 +103,48 @@ def walk(
 
 def _walk_dir(guest, fd, rel, inside_excluded, root_dev, matcher, min_size, conffiles, counts, leftovers, out):
     counts["dirs"] += 1
-    prefix = rel + "/" if rel else ""
+    prefix = "/" + rel + "/" if rel else "/"
+    verdict, include = matcher.verdict, Verdict.INCLUDE
     subdirs = []
+    files = special = excluded = conf = small = 0
     for e in os.scandir(fd):
         name = e.name
-        path = prefix + name
         if name.startswith(TMP_PREFIX):
             leftovers.append((rel, name))
             continue
         if e.is_dir(follow_symlinks=False):
-            subdirs.append((name, path))
+            subdirs.append(name)
             continue
         if not e.is_file(follow_symlinks=False):
-            counts["special"] += 1  # symlinks, devices, FIFOs, sockets
+            special += 1  # symlinks, devices, FIFOs, sockets
             continue
-        counts["files"] += 1
-        if "/" + path in conffiles:
-            counts["conffiles"] += 1
-            continue
-        if matcher.verdict("/" + path, inside_excluded) is not Verdict.INCLUDE:
-            counts["excluded"] += 1
-            continue
-        st = e.stat(follow_symlinks=False)
-        if not stat.S_ISREG(st.st_mode):  # replaced between readdir and stat
-            counts["special"] += 1
-            continue
-        if st.st_size < min_size:
-            counts["too_small"] += 1
-            continue
-        out.append(FileRef(guest, path, st))
-    for name, path in subdirs:
-        verdict = matcher.verdict("/" + path, inside_excluded)
-        if verdict is Verdict.SKIP:
+        files += 1
+        path = prefix + name
+        if path in conffiles:
+            conf += 1
+        elif verdict(path, inside_excluded) is not include:
+            excluded += 1
+        else:
+            st = e.stat(follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode):  # replaced between readdir and stat
+                special += 1
+            elif st.st_size < min_size:
+                small += 1
+            else:
+                out.append(FileRef(guest, path[1:], st))
+    counts["files"] += files
+    counts["special"] += special
+    counts["excluded"] += excluded
+    counts["conffiles"] += conf
+    counts["too_small"] += small
+    for name in subdirs:
+        path = prefix + name
+        v = verdict(path, inside_excluded)
+        if v is Verdict.SKIP:
             counts["excluded_dirs"] += 1
             continue
-        excluded = verdict is Verdict.EXCLUDE
-        if excluded and not matcher.may_include_below("/" + path):
+        excl = v is Verdict.EXCLUDE
+        if excl and not matcher.may_include_below(path):
             counts["excluded_dirs"] += 1
             continue
         try:
@@ -150,6 +156,6 @@ def _walk_dir(guest, fd, rel, inside_excluded, root_dev, matcher, min_size, conf
             if os.fstat(sub).st_dev != root_dev:
                 counts["other_fs"] += 1
                 continue
-            _walk_dir(guest, sub, path, excluded, root_dev, matcher, min_size, conffiles, counts, leftovers, out)
+            _walk_dir(guest, sub, path[1:], excl, root_dev, matcher, min_size, conffiles, counts, leftovers, out)
         finally:
             os.close(sub)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import click
@@ -174,6 +175,8 @@ def seed(source, name, vdir, confdir, address, dev, hostname, memory, cpu, do_un
         confdir=confdir.absolute(),
         store=store.absolute() if store else None,
     )
+    # A service manager's stop (SIGTERM) cleans up like Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     progress = Progress(quiet=quiet)
     image = resolve_source(source, repo, keyring, cache, progress)
     result = seed_image(image, guest, replace=replace, progress=progress)
