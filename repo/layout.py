@@ -157,7 +157,12 @@ class Repo:
         return times
 
     def prune(self, keep: int, grace: float, now: float | None = None) -> list[int]:
-        """Delete states no client can still be reading; return their serials."""
+        """Delete states no client can still be reading; return their serials.
+
+        Called under the lock, so leftovers of a crashed publish or prune are garbage too.
+        """
+        for leftover in [*self.states.glob(".*.partial"), *self.states.glob(".*.deleting")]:
+            shutil.rmtree(leftover, ignore_errors=True)
         times = self.published_times()
         survivors = retained(times, keep, grace, time.time() if now is None else now)
         removed = []

@@ -273,3 +273,12 @@ def test_rpm_database_names_the_owner(tmp_path):
     r = measure(roots)
     assert [(i.path, i.package, i.copies) for i in r.top_shared] == [("/" + lib, "rpmthing", 2)]
     assert r.top_packages == [{"package": "rpmthing", "files": 1, "saved_bytes": blocks(roots[0] / lib)}]
+
+
+def test_absurd_nesting_is_refused(tmp_path):
+    from imagefactory.errors import UnsafeInput
+
+    g = tmp_path / "deep"
+    (g / "/".join(["d"] * 520)).mkdir(parents=True)
+    with pytest.raises(UnsafeInput):
+        measure([g])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -110,6 +111,12 @@ def test_what_if_matches_a_real_unify_run(tmp_path):
     assert after.totals["saved_bytes"] + after.totals["within_guest_links_bytes"] + \
         after.totals["store_overhead_bytes"] == predicted.totals["saved_bytes"]
     assert {i.path: i.links for i in after.top_shared} == {i.path: i.links for i in predicted.top_shared}
+    # Without GUEST_ROOT arguments the report covers every guest the store's index knows.
+    exe = os.path.join(os.path.dirname(os.sys.executable), "imagefactory")
+    doc = json.loads(subprocess.run([exe, "report", "-q", "--json", "--store", str(store)],
+                                    check=True, capture_output=True, text=True).stdout)
+    assert sorted(g["root"] for g in doc["guests"]) == sorted(map(str, roots))
+    assert doc["totals"]["disk_bytes"] == after.totals["disk_bytes"]
     # With the index present, a second what-if reuses its digests and still agrees.
     again = what_if(roots, store)
     assert again.totals["disk_bytes"] == after.totals["disk_bytes"] - after.totals["store_overhead_bytes"]

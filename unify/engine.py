@@ -231,8 +231,7 @@ class Unifier:
         return records, linkable
 
     def _hash(self, refs: list[FileRef], records: list[dict], groups: dict[str, list[FileRef]]) -> None:
-        refs.sort(key=lambda r: (r.guest, r.rel))
-        dirs = _DirCache(self.root_fds)
+        dirs = _DirCache(self.root_fds)  # refs are in walk order: one directory's files are adjacent
         total = len(refs)
         try:
             for i, ref in enumerate(refs, 1):

@@ -26,10 +26,10 @@ from imagefactory.rpm.rpmvercmp import EVR, FLAGS
 COMMON = "{http://linux.duke.edu/metadata/common}"
 RPMNS = "{http://linux.duke.edu/metadata/rpm}"
 XMLBASE = "{http://www.w3.org/XML/1998/namespace}base"
-MEMO_VERSION = 1
+MEMO_VERSION = 2
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Dep:
     """One Provides/Requires/Obsoletes entry; `name` may be a rich dependency `(a or b)`."""
 
@@ -45,7 +45,7 @@ class Dep:
         return f"{self.name} {op} {self.evr}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Package:
     name: str
     arch: str
