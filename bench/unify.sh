@@ -106,8 +106,9 @@ wipe_store
 DU_BEFORE=$(du -sB1 "$G" | cut -f1)
 run if_real "$IF" unify -q --json --mode "$MODE" "$G"/* --store "$STORE"
 DU_AFTER=$(du -sB1 "$G" "$STORE" | awk '{ s += $1 } END { print s }')
-echo "real run ($MODE): $WALL s, linked $(jget if_real linked), reported saving $(jget if_real bytes_saved) B," \
-     "du saving $((DU_BEFORE - DU_AFTER)) B (du before $DU_BEFORE, after incl. store $DU_AFTER)"
+echo "real run ($MODE): $WALL s, linked $(jget if_real linked), reported saving $(jget if_real bytes_saved) B" \
+     "($(jget if_real disk_saved) B on disk); du saving $((DU_BEFORE - DU_AFTER)) B" \
+     "(du before $DU_BEFORE, after incl. store $DU_AFTER)"
 for g in "$G"/*; do
     chroot "$g" dpkg -V > "$T/dpkgV" 2>&1 || { echo "dpkg -V failed in $g"; cat "$T/dpkgV"; exit 1; }
     [ -s "$T/dpkgV" ] && { echo "dpkg -V reports changes in $g:"; cat "$T/dpkgV"; exit 1; }
@@ -122,8 +123,7 @@ chattr -R -f -i "$G" "$STORE" 2>/dev/null || true
 S=$CACHE/scale
 mkdir -p "$S"
 suites=(sid sid sid sid sid trixie trixie bookworm)
-for n in 10 25 50 $SCALE; do
-    [ "$n" -le "$SCALE" ] || continue
+for n in $(printf '%s\n' 10 25 50 "$SCALE" | awk -v max="$SCALE" '$1 <= max' | sort -nu); do
     for i in $(seq 1 "$n"); do
         d=$S/g$(printf %03d "$i")
         [ -d "$d" ] || { cp -a "$CACHE/base/${suites[$(( (i - 1) % 8 ))]}" "$d"; rm -f "$d/.complete"; }

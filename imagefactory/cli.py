@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI; map every failure to one line and an exit code."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        cli.main(args=argv, prog_name="imagefactory", standalone_mode=False)
+        # Without standalone mode click *returns* the code of ctx.exit(n).
+        rc = cli.main(args=argv, prog_name="imagefactory", standalone_mode=False)
+        sys.exit(rc if isinstance(rc, int) else 0)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

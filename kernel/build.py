@@ -229,12 +229,12 @@ def _build(inputs: BuildInputs, build_dir: Path, jobs: int, progress: Progress) 
             progress.stage(f"kernel: patch {name}")
             apply_patch(tree, name, path, steps.log)
         _configure(steps, inputs, tree, env)
-        release = subprocess.run(["make", "-s", "kernelrelease"], cwd=tree, env=env, capture_output=True, text=True).stdout.strip()
         targets = [f"{f.replace('deb', 'bindeb').replace('rpm', 'binrpm')}-pkg" for f in recipe.formats]
         argv = ["make", f"-j{jobs}", *targets]
         if "rpm" in recipe.formats:
             argv.append(f'RPMOPTS=--define "_topdir {build_dir / "rpmbuild"}"')
         steps.run(f"make {' '.join(targets)}", argv, tree, env)
+        release = (tree / "include/config/kernel.release").read_text().strip()
         files = _package_files(build_dir, recipe.formats)
         if not any(f.name.startswith("linux-image-") or f.name.startswith("kernel-") for f in files):
             raise steps.fail("collect packages", "the build produced no kernel image package")

@@ -54,9 +54,13 @@ def rpmq(root: Path, *args: str) -> subprocess.CompletedProcess:
 def test_full_build_over_http(tmp_path, repo):
     out = tmp_path / "out"
     with serve(repo.path) as url:
-        proc = imagefactory("build", str(recipe(tmp_path, repo, url + "/")), "-o", str(out),
-                            "--cache-dir", str(tmp_path / "cache"), "--json")
-    assert proc.returncode == 0, proc.stderr
+        r = str(recipe(tmp_path, repo, url + "/"))
+        proc = imagefactory("build", r, "-o", str(out), "--cache-dir", str(tmp_path / "cache"), "--json")
+        assert proc.returncode == 0, proc.stderr
+        again = imagefactory("build", r, "-o", str(tmp_path / "out2"), "--cache-dir", str(tmp_path / "cache"))
+    # a second build downloads nothing and is byte-identical (the rpmdb too: install times = the snapshot)
+    assert again.returncode == 0 and "download: 0 of 6 packages" in again.stderr
+    assert (tmp_path / "out2/toy.tar.zst").read_bytes() == (out / "toy.tar.zst").read_bytes()
     manifest = json.loads((out / "toy.manifest.json").read_text())
     assert manifest == json.loads(proc.stdout)
     assert manifest["family"] == "fedora" and manifest["snapshot"]["mirror"] == url + "/"
@@ -67,6 +71,7 @@ def test_full_build_over_http(tmp_path, repo):
                     "setup-2.15.0-2.tc1.noarch", "toysh-1.35.0-1.tc1.x86_64", "toyutils-2.0-1.tc1.x86_64"}
     root = out / "toy" / "rootfs"
     installed = set(rpmq(root, "-qa").stdout.split())
+    assert min(map(int, rpmq(root, "-qa", "--qf", "%{INSTALLTIME}\n").stdout.split())) == manifest["snapshot"]["epoch"]
     assert want <= installed and all(n.startswith("gpg-pubkey-") for n in installed - want)
     verify = rpmq(root, "-Va")
     assert "missing" not in verify.stdout and verify.stderr == ""
@@ -116,6 +121,13 @@ def test_unsatisfiable_names_the_chain(tmp_path, repo):
     assert last_line(proc) == (
         "imagefactory: error: cannot resolve: recipe asks for 'wrapper' -> wrapper-1-1.tc1.noarch requires "
         "'broken' -> broken-1-1.tc1.noarch requires 'libmissing.so.7()(64bit)', which nothing provides")
+
+
+def test_failing_scriptlet_fails_the_build(tmp_path, repo):
+    proc = failing_build(tmp_path, repo, repo.url, packages='["failpre"]')
+    assert proc.returncode == 1 and "rpm --install into" in last_line(proc)
+    assert "%prein(failpre-1-1.tc1.noarch) scriptlet failed" in last_line(proc)
+    assert not mounts_below(tmp_path)
 
 
 def copy_repo(repo, tmp_path) -> Path:

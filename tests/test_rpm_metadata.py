@@ -94,7 +94,8 @@ def test_primary_is_parsed_with_deps_files_and_arch_filter(repo):
     assert any(d.name == "/bin/sh" and d.pre for d in tu.requires)
     assert "/etc/toyutils.conf" in tu.files
     assert "/bin/sh" in pkgs["toysh-1.35.0-1.tc1.x86_64"].files
-    assert [d.name for d in pkgs["basesystem-11-1.tc1.noarch"].requires if d.name.startswith("(")] == ["(toysh or mksh)"]
+    rich = [d.name for d in pkgs["basesystem-11-1.tc1.noarch"].requires if d.name.startswith("(")]
+    assert rich == ["(toysh or mksh)"]
     assert (repo.path / (f.href + ".parsed")).is_file()  # memoized: a warm build skips the parse
     assert load_primary(repo.path / f.href, f.href, ARCHES) == list(pkgs.values())
 

@@ -11,7 +11,7 @@ import pytest
 
 from imagefactory import recipe as recipes
 from imagefactory.build import backend_for
-from imagefactory.errors import RecipeError
+from imagefactory.errors import RecipeError, VerificationError
 from imagefactory.plan import BuildOptions
 from imagefactory.progress import Progress
 from imagefactory.rpm.backend import RpmBackend, repo_url
@@ -40,3 +40,14 @@ def test_a_mirror_is_required(tmp_path: Path):
     path.write_text('family = "fedora"\nsuite = "42"\n')
     with pytest.raises(RecipeError, match="key 'mirror' is required for family 'fedora'"):
         RpmBackend().plan(recipes.load(str(path)), BuildOptions(cache_dir=tmp_path), Progress(quiet=True))
+
+
+def test_the_key_is_checked_before_anything_is_fetched(tmp_path: Path):
+    path = tmp_path / "f.toml"
+    path.write_text('family = "fedora"\nsuite = "42"\nmirror = "http://127.0.0.1:9/"\n')
+    opts, quiet = BuildOptions(cache_dir=tmp_path), Progress(quiet=True)
+    with pytest.raises(RecipeError, match="key 'keyring' is required"):
+        RpmBackend().plan(recipes.load(str(path)), opts, quiet)
+    path.write_text(path.read_text() + f'keyring = "{tmp_path}/missing.asc"\n')
+    with pytest.raises(VerificationError, match="missing.asc not found"):
+        RpmBackend().plan(recipes.load(str(path)), opts, quiet)

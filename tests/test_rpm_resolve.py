@@ -51,6 +51,9 @@ def test_newest_version_and_versioned_requires():
     u = Universe([pkg("lib", "1.0-1"), pkg("lib", "1.0^git3-1"), pkg("lib", "1.0~rc1-9"), pkg("lib", "3.0-1", "i686"),
                   pkg("app", requires=["lib >= 1.0-2"])])
     assert names(resolve(u, ["app"])) == ["app-1.0-1.x86_64", "lib-1.0^git3-1.x86_64"]
+    # a package that became noarch: the newer build wins whatever its arch; at equal EVR x86_64 does
+    assert names(resolve(Universe([pkg("x", "1-1"), pkg("x", "2-1", "noarch")]), ["x"])) == ["x-2-1.noarch"]
+    assert names(resolve(Universe([pkg("x", "2-1", "noarch"), pkg("x", "2-1")]), ["x"])) == ["x-2-1.x86_64"]
     u = Universe([pkg("lib", "1.0-1"), pkg("app", requires=["lib >= 2"])])
     with pytest.raises(ResolveError, match=r"recipe asks for 'app' -> app-1.0-1.x86_64 requires 'lib >= 2'"):
         resolve(u, ["app"])
@@ -84,8 +87,8 @@ def test_conditional_decided_on_the_final_set():
 
 
 def test_obsoletes_replace_the_old_package():
-    u = Universe([pkg("oldutils", "1.0-1"), pkg("newutils", "2.0-1", obsoletes=["oldutils < 2.0"], provides=["oldutils = 2.0"]),
-                  pkg("user", requires=["oldutils"])])
+    u = Universe([pkg("oldutils", "1.0-1"), pkg("user", requires=["oldutils"]),
+                  pkg("newutils", "2.0-1", obsoletes=["oldutils < 2.0"], provides=["oldutils = 2.0"])])
     assert names(resolve(u, ["oldutils"])) == ["newutils-2.0-1.x86_64"]
     assert [p.name for p in resolve(u, ["user"])] == ["newutils", "user"]
 

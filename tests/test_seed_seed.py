@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -182,9 +184,6 @@ main(sys.argv[1:])
 
 
 def test_sigterm_cleans_up_like_ctrl_c(tmp_path):
-    import subprocess
-    import sys
-
     image = tiny_image(tmp_path)
     result = subprocess.run([sys.executable, "-c", SIGTERM_DURING_SEED, *seed_args(image, "web1", tmp_path)],
                             capture_output=True, text=True, timeout=60)

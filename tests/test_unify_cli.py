@@ -34,8 +34,10 @@ def guests(tmp_path):
 
 def test_summary_and_json(tmp_path, guests, capsys):
     store = tmp_path / "store"
-    out = run_ok(capsys, *guests, "--store", store, "--mode", "hardlink", "-n")
+    out = run_ok(capsys, *guests, "--store", store, "--mode", "hardlink", "-n", "-v")
     assert "Would link:      4 files (2 new store entries; 2 duplicates" in out.out
+    assert f"would link {guests[1]}/usr/bin/tool (1080 B) -> " in out.out
+    assert len([line for line in out.out.splitlines() if line.startswith("would link ")]) == 4
     assert "Saved:" in out.out and "(estimated)" in out.out
     out = run_ok(capsys, *guests, "--store", store, "--mode", "hardlink", "--json")
     data = json.loads(out.out)

@@ -165,3 +165,28 @@ def test_per_guest_exclude_override(tmp_path, guests):
     s = unify(guests, tmp_path / "store", mode="hardlink")
     assert s.linked == 5  # libx is private in g2, shared by g0 and g1
     assert (guests[2] / "usr/lib/libx.so.1").stat().st_nlink == 1
+
+
+def du(*paths: Path) -> int:
+    """Allocated bytes, each inode counted once (like `du -s` over several arguments)."""
+    seen, total = set(), 0
+    for top in paths:
+        names = [str(top)] if top.is_file() else \
+            [os.path.join(d, n) for d, dirs, files in os.walk(top) for n in [*dirs, *files, "."]]
+        for name in names:
+            st = os.lstat(name)
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+    return total
+
+
+def test_reported_saving_is_what_du_shows(tmp_path, guests):
+    """Guests before vs guests + store entries after (the store's own directories and index aside)."""
+    store = tmp_path / "store"
+    dry = unify(guests, store, mode="hardlink", dry_run=True)
+    before = du(*guests)
+    s = unify(guests, store, mode="hardlink")
+    assert s.disk_saved == dry.disk_saved > 0
+    entries = [e.path for e in Store(store).entries()]
+    assert before - du(*guests, *entries) == s.disk_saved

@@ -86,3 +86,34 @@ def test_entry_names_round_trip_and_metadata_keys_differ():
     name = entry_name("a" * 32, base.key(), 1234)
     assert parse_entry_name(name) == ("a" * 32, base.key(), 1234)
     assert parse_entry_name("README") is None
+
+
+def test_rpm_config_files_are_read_from_the_guest_database(tmp_path):
+    """A real RPM with a %config file, recorded in the guest's rpm database, is never unified."""
+    import subprocess
+
+    from tests.conftest import need_tool
+    from tests.test_unify_helpers import write
+    from unify.engine import unify
+
+    need_tool("rpmbuild", "rpm")
+    spec = tmp_path / "cfgtoy.spec"
+    spec.write_text("Name: cfgtoy\nVersion: 1.0\nRelease: 1\nSummary: t\nLicense: MIT\nBuildArch: noarch\n"
+                    "%description\nt\n%install\nmkdir -p %{buildroot}/usr/share/cfgtoy\n"
+                    "echo 'shared config value for the test' > %{buildroot}/usr/share/cfgtoy/app.cfg\n"
+                    "%files\n%config(noreplace) /usr/share/cfgtoy/app.cfg\n")
+    subprocess.run(["rpmbuild", "--quiet", "-bb", "--define", f"_topdir {tmp_path / 'top'}", str(spec)],
+                   check=True, capture_output=True)
+    rpm = next((tmp_path / "top/RPMS/noarch").glob("*.rpm"))
+    guests = []
+    for name in ("g1", "g2"):
+        g = tmp_path / name
+        write(g / "usr/share/cfgtoy/app.cfg", b"shared config value for the test\n")
+        write(g / "usr/share/cfgtoy/other", b"shared config value for the test\n")
+        subprocess.run(["rpm", "--root", str(g), "--dbpath", "/var/lib/rpm", "--justdb", "--nodeps", "-i", str(rpm)],
+                       check=True, capture_output=True)
+        guests.append(g)
+    s = unify(guests, tmp_path / "store", mode="hardlink")
+    assert s.conffiles == 2 and s.linked == 2
+    assert (guests[0] / "usr/share/cfgtoy/app.cfg").stat().st_nlink == 1
+    assert (guests[0] / "usr/share/cfgtoy/other").stat().st_nlink == 3

@@ -37,7 +37,8 @@ def summary_lines(s: engine.Summary) -> list[str]:
         f"Already unified: {s.already_unified} files, {human(s.already_bytes)}",
         f"{would + ':':<17}{s.linked} files ({s.new_entries} new store entries; "
         f"{s.duplicates} duplicates, as hardlink(1) counts)",
-        f"Saved:           {human(s.bytes_saved)}" + (" (estimated)" if s.dry_run else ""),
+        f"Saved:           {human(s.bytes_saved)} ({human(s.disk_saved)} on disk)"
+        + (" (estimated)" if s.dry_run else ""),
         *([f"Left alone:      {s.changed} changed during the run, {s.collisions} hash collisions, "
            f"{s.failed} failed"] if s.changed or s.collisions or s.failed else []),
         *([f"Cleaned:         {s.temp_removed} temporary names from an interrupted run"] if s.temp_removed else []),
@@ -46,7 +47,7 @@ def summary_lines(s: engine.Summary) -> list[str]:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("roots", nargs=-1, type=click.Path(file_okay=False, path_type=Path))
+@click.argument("roots", nargs=-1, metavar="[GUEST_ROOT]...", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--store", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Store directory (e.g. /vservers/.hash); must be on the guests' filesystem.")
 @click.option("--mode", type=click.Choice(["auto", *MODES]), default="auto", show_default=True,
@@ -61,11 +62,12 @@ def summary_lines(s: engine.Summary) -> list[str]:
 @click.option("--status", "action", flag_value="status", help="Show store size, entries, links and orphans.")
 @click.option("--verify", "action", flag_value="verify", help="Re-hash every entry; exit 3 if any no longer matches.")
 @click.option("--gc", "action", flag_value="gc", help="Remove entries no guest uses any more (honours -n).")
-@click.option("--split", "action", flag_value="split", help="Give the ROOTS private copies again and drop them from the store.")
+@click.option("--split", "action", flag_value="split", help="Give the GUEST_ROOTs private copies again and drop them from the store.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@click.option("-v", "--verbose", is_flag=True, help="List every file linked (with -n: that would be linked).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
-def unify(roots, store, mode, dry_run, ignore_mtime, min_size, exclude_from, action, as_json, quiet) -> None:
-    """Replace identical files in GUEST ROOTS by links to one protected store entry.
+def unify(roots, store, mode, dry_run, ignore_mtime, min_size, exclude_from, action, as_json, verbose, quiet) -> None:
+    """Replace identical files in the GUEST_ROOTs by links to one protected store entry.
 
     Files are shared only when content and the metadata a link shares (mode,
     owner, mtime, xattrs) are equal. Symlinks, special files, files under
@@ -110,10 +112,13 @@ def unify(roots, store, mode, dry_run, ignore_mtime, min_size, exclude_from, act
                                 for r in results])
     else:
         s = engine.unify(list(roots), store, mode=mode, dry_run=dry_run, ignore_mtime=ignore_mtime,
-                         min_size=min_size, exclude_file=exclude_from, progress=Progress(quiet=quiet or as_json))
+                         min_size=min_size, exclude_file=exclude_from, progress=Progress(quiet=quiet or as_json),
+                         list_files=verbose)
         for w in s.warnings:
             click.echo(f"imagefactory: warning: {w}", err=True)
-        _out(as_json, s.to_dict(), summary_lines(s))
+        verb = "would link" if dry_run else "linked"
+        listing = [f"{verb} {path} ({size} B) -> {entry}" for path, entry, size in sorted(s.listing or [])]
+        _out(as_json, s.to_dict(), listing + summary_lines(s))
 
 
 def _out(as_json: bool, data, lines: list[str]) -> None:

@@ -59,13 +59,15 @@ class Summary:
     linked: int = 0  # guest files replaced by (or, dry run: that would become) store links
     new_entries: int = 0
     duplicates: int = 0  # guest inodes merged away (hardlink(1)'s "linked"): distinct inodes linked - new entries
-    bytes_saved: int = 0
+    bytes_saved: int = 0  # apparent size of the guest copies merged away, minus new entries
+    disk_saved: int = 0  # the same in allocated blocks: what du before/after shows
     collisions: int = 0
     changed: int = 0  # changed during the run: left alone
     failed: int = 0
     temp_removed: int = 0
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    listing: list[list] | None = None  # with list_files: [guest path, store entry, size] per (would-be) link
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -288,10 +290,10 @@ class Unifier:
             os.close(fd)
 
     # -- phase 3: store entries --------------------------------------------------------------
-    def create_entries(self, linkable: dict[str, list[FileRef]], store_names: set[str]) -> int:
-        """Create the missing entries (adding them to store_names); returns their total size."""
+    def create_entries(self, linkable: dict[str, list[FileRef]], store_names: set[str]) -> tuple[int, int]:
+        """Create the missing entries (adding them to store_names); returns their size and disk use."""
         dirs = _DirCache(self.root_fds)
-        created = 0
+        created = blocks = 0
         new = [n for n in sorted(linkable) if n not in store_names]
         try:
             for i, name in enumerate(new, 1):
@@ -301,12 +303,13 @@ class Unifier:
                         store_names.add(name)
                         self.s.new_entries += 1
                         created += ref.st.st_size
+                        blocks += os.stat(self.store.path_of(name)).st_blocks * 512
                         break
         finally:
             dirs.close()
         if new:
             _syncfs(self.store.objects)  # entry data on disk before any guest depends on it
-        return created
+        return created, blocks
 
     def _create_entry(self, name: str, ref: FileRef, dirs: _DirCache) -> bool:
         try:
@@ -364,8 +367,10 @@ class Unifier:
                         self.progress.count("linking", done, total, " files")
                         self._link_one(ref, name, path, efd, dirs, records)
                     # Several paths may share one inode (perl and perl5.x): it is freed once.
+                    first = linkable[name][0].st
                     self.s.duplicates += len(self.merged)
-                    self.s.bytes_saved += len(self.merged) * linkable[name][0].st.st_size
+                    self.s.bytes_saved += len(self.merged) * first.st_size
+                    self.s.disk_saved += len(self.merged) * first.st_blocks * 512
                 finally:
                     with contextlib.suppress(OSError):
                         self.prot.protect(efd)
@@ -423,6 +428,8 @@ class Unifier:
         rec = records[ref.guest][ref.rel]
         records[ref.guest][ref.rel] = [*_fingerprint(new), rec[index.DIGEST], rec[index.METAKEY], name]
         self.s.linked += 1
+        if self.s.listing is not None:
+            self.s.listing.append([str(self.roots[ref.guest] / ref.rel), name, ref.st.st_size])
         self.merged.add((ref.st.st_dev, ref.st.st_ino))
 
     @staticmethod
@@ -446,9 +453,11 @@ def unify(
     exclude_file: Path | None = None,
     progress: Progress | None = None,
     ioctl=None,
+    list_files: bool = False,
 ) -> Summary:
     """Unify identical files of `roots` into `store`; see the module docstring for the order of work.
 
+    `list_files` fills Summary.listing with every file linked (or, dry run, that would be).
     `ioctl` replaces fcntl.ioctl for attribute flags (a test seam for vserver mode).
     A dry run links nothing and changes no guest, but it does create the store
     directory and record digests in the index, so the real run need not re-read them.
@@ -466,7 +475,7 @@ def unify(
             raise ImageFactoryError(f"the store {store} and the guest root {r} must not contain each other")
     store_obj.create(None)
     chosen, reason = resolve_mode(mode, store_obj.root, dry_run)
-    summary = Summary(chosen, reason, dry_run, str(store_obj.root))
+    summary = Summary(chosen, reason, dry_run, str(store_obj.root), listing=[] if list_files else None)
     if chosen in WARNINGS:
         summary.warnings.append(WARNINGS[chosen])
     if chosen is None:
@@ -490,15 +499,21 @@ def unify(
             if dry_run:
                 for name, refs in linkable.items():
                     summary.linked += len(refs)
+                    if summary.listing is not None:
+                        summary.listing += [[str(u.roots[r.guest] / r.rel), name, r.st.st_size] for r in refs]
                     inodes = len({(r.st.st_dev, r.st.st_ino) for r in refs})
                     summary.duplicates += inodes
                     summary.bytes_saved += refs[0].st.st_size * inodes
+                    summary.disk_saved += refs[0].st.st_blocks * 512 * inodes
                     if name not in store_names:
                         summary.new_entries += 1
                         summary.bytes_saved -= refs[0].st.st_size
+                        summary.disk_saved -= refs[0].st.st_blocks * 512
             else:
                 progress.stage(f"creating store entries ({chosen} mode)")
-                summary.bytes_saved -= u.create_entries(linkable, store_names)
+                created, created_blocks = u.create_entries(linkable, store_names)
+                summary.bytes_saved -= created
+                summary.disk_saved -= created_blocks
                 progress.stage("linking")
                 u.link_all(linkable, store_names, records)
             summary.duplicates -= summary.new_entries

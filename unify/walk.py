@@ -74,7 +74,7 @@ def config_files(root_fd: int) -> set[str]:
         with contextlib.suppress(OSError):
             fd = open_dir(root_fd, rel)
             try:
-                out |= rpm_config_files(Path(f"/proc/self/fd/{fd}"))
+                out |= rpm_config_files(fd)
             finally:
                 os.close(fd)
     return out

@@ -9,6 +9,7 @@ configure: identity, the secure /dev, customize steps, cleanup (shared with Debi
 from __future__ import annotations
 
 import datetime
+import os
 import urllib.parse
 from pathlib import Path
 
@@ -19,8 +20,8 @@ from imagefactory.plan import Artifact, BuildOptions, Plan
 from imagefactory.progress import Progress
 from imagefactory.recipe import Recipe
 from imagefactory.rpm import comps, install
-from imagefactory.rpm.primary import load_primary, open_decompressed
-from imagefactory.rpm.repomd import RepoFile, parse_repomd, safe_href, verify_detached
+from imagefactory.rpm.primary import Package, load_primary, open_decompressed
+from imagefactory.rpm.repomd import Repomd, RepoFile, parse_repomd, safe_href, verify_detached
 from imagefactory.rpm.resolve import Universe, resolve
 
 GROUP_TYPES = ("group_zst", "group_xz", "group_gz", "group")  # comps, best compression first
@@ -35,53 +36,65 @@ def repo_url(template: str, recipe: Recipe) -> str:
 def _metadata(mirror: str, f: RepoFile, cache_dir: Path) -> Path:
     """A metadata file from the mirror, verified against repomd.xml into the shared cache."""
     if f.checksum_type != "sha256":
-        raise VerificationError(f"repomd.xml: {f.type} has a {f.checksum_type or 'missing'} checksum; only sha256 is accepted")
+        raise VerificationError(f"repomd.xml: {f.type} has a {f.checksum_type or 'missing'} checksum, not sha256")
     return cached_fetch(mirror + f.href, f.checksum, f.size, cache_dir)
+
+
+def _repomd(mirror: str, recipe: Recipe) -> Repomd:
+    """repomd.xml, its detached signature checked first when the recipe asks for it."""
+    data = fetch_url(mirror + "repodata/repomd.xml")
+    if recipe.repo_gpgcheck:
+        try:
+            signature = fetch_url(mirror + "repodata/repomd.xml.asc")
+        except FetchError as exc:
+            raise VerificationError(f"repomd.xml is not signed (repo_gpgcheck is on): {exc}") from None
+        verify_detached(data, signature, Path(recipe.keyring), f"{mirror}repodata/repomd.xml")
+    md = parse_repomd(data)
+    if "primary" not in md.files:
+        raise VerificationError(f"{mirror}repodata/repomd.xml lists no primary metadata")
+    return md
+
+
+def _artifact(p: Package, mirror: str) -> Artifact:
+    if p.checksum_type != "sha256":
+        raise VerificationError(f"primary.xml: {p.nevra} has a {p.checksum_type} checksum, not sha256")
+    base = p.base.rstrip("/") + "/" if p.base else mirror
+    return Artifact(p.name, str(p.evr), p.arch, urllib.parse.urljoin(base, safe_href(p.href, p.nevra)),
+                    p.checksum, p.size)
 
 
 class RpmBackend:
     """The Backend protocol (imagefactory.plan) for rpm-md repositories."""
 
     def plan(self, recipe: Recipe, opts: BuildOptions, progress: Progress) -> Plan:
-        template = opts.mirror or recipe.mirror
-        if not template:
-            raise RecipeError(f"{recipe.source}: key 'mirror' is required for family {recipe.family!r}")
-        mirror = repo_url(template, recipe)
+        where = f"{recipe.source}: key"
+        if not (opts.mirror or recipe.mirror):
+            raise RecipeError(f"{where} 'mirror' is required for family {recipe.family!r}")
+        if not recipe.keyring:
+            raise RecipeError(f"{where} 'keyring' is required for family {recipe.family!r} (package signatures)")
+        if not Path(recipe.keyring).is_file():  # fail before downloading anything
+            raise VerificationError(f"keyring {recipe.keyring} not found (install the distribution's key)")
+        mirror = repo_url(opts.mirror or recipe.mirror, recipe)
         progress.stage(f"metadata: {mirror}repodata/repomd.xml")
-        data = fetch_url(mirror + "repodata/repomd.xml")
-        if recipe.repo_gpgcheck:
-            try:
-                signature = fetch_url(mirror + "repodata/repomd.xml.asc")
-            except FetchError as exc:
-                raise VerificationError(f"repomd.xml is not signed (repo_gpgcheck is on): {exc}") from None
-            verify_detached(data, signature, Path(recipe.keyring), f"{mirror}repodata/repomd.xml")
-        md = parse_repomd(data)
-        if "primary" not in md.files:
-            raise VerificationError("repomd.xml lists no primary metadata")
+        md = _repomd(mirror, recipe)
         primary = md.files["primary"]
         path = _metadata(mirror, primary, opts.cache_dir)
         progress.stage(f"metadata: parsing {primary.href.rsplit('/', 1)[-1]}")
-        arches = frozenset({recipe.architecture, "noarch"})
-        universe = Universe(load_primary(path, primary.href, arches))
+        universe = Universe(load_primary(path, primary.href, frozenset({recipe.architecture, "noarch"})))
         wanted = self._variant_packages(recipe, md.files, mirror, opts.cache_dir) + list(recipe.packages)
         if not wanted:
-            raise ResolveError(f"nothing to install: the repository has no comps groups and {recipe.name} lists no packages")
+            raise ResolveError(f"nothing to install: the repository has no comps groups and {recipe.name} "
+                               "lists no packages")
         chosen = resolve(universe, wanted)
         progress.stage(f"resolve: {len(wanted)} requested -> {len(chosen)} packages")
-        artifacts = []
-        for p in chosen:
-            if p.checksum_type != "sha256":
-                raise VerificationError(f"primary.xml: {p.nevra} has a {p.checksum_type} checksum; only sha256 is accepted")
-            base = p.base.rstrip("/") + "/" if p.base else mirror
-            url = urllib.parse.urljoin(base, safe_href(p.href, p.nevra))
-            artifacts.append(Artifact(p.name, str(p.evr), p.arch, url, p.checksum, p.size))
         epoch = md.timestamp
         date = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%a, %d %b %Y %H:%M:%S UTC")
         if md.revision and md.revision != str(epoch):
             date += f" (revision {md.revision})"
-        return Plan(recipe=recipe, mirror=mirror, snapshot_date=date, snapshot_epoch=epoch, packages=artifacts)
+        return Plan(recipe, mirror, date, epoch, [_artifact(p, mirror) for p in chosen])
 
-    def _variant_packages(self, recipe: Recipe, files: dict[str, RepoFile], mirror: str, cache_dir: Path) -> list[str]:
+    def _variant_packages(self, recipe: Recipe, files: dict[str, RepoFile], mirror: str,
+                          cache_dir: Path) -> list[str]:
         """The comps groups behind the recipe's variant (none if the repository has no comps)."""
         kind = next((k for k in GROUP_TYPES if k in files), None)
         if kind is None:
@@ -94,7 +107,8 @@ class RpmBackend:
         progress.stage(f"install: checking signatures, then rpm --install of {len(files)} packages")
         rootfs.mkdir(parents=True, exist_ok=True)
         with chroot.mounted(rootfs):
-            install.install(files, rootfs, Path(plan.recipe.keyring), plan.recipe.exclude_paths)
+            install.install(files, rootfs, Path(plan.recipe.keyring), plan.recipe.exclude_paths,
+                            int(os.environ.get("SOURCE_DATE_EPOCH", plan.snapshot_epoch)))
         install.restore_mountpoints(rootfs)
 
     def configure(self, plan: Plan, rootfs: Path, progress: Progress) -> None:

@@ -23,12 +23,15 @@ import rpmfile
 from imagefactory.errors import EnvironmentProblem, ImageFactoryError, VerificationError
 
 RPMDB = "/usr/lib/sysimage/rpm"
+DEBIAN_NAG = ("rpm: RPM should not be used directly", "rpm: However assuming you know")  # Debian's wrapper
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "HOME": "/root"}
 
 
-def _run(argv: list[str], what: str) -> subprocess.CompletedProcess[str]:
+def _run(argv: list[str], what: str, epoch: int | None = None) -> subprocess.CompletedProcess[str]:
+    """Run an rpm tool; with epoch, rpm records it as every install time (a reproducible rpmdb)."""
+    env = dict(ENV, SOURCE_DATE_EPOCH=str(epoch)) if epoch is not None else ENV
     try:
-        return subprocess.run(argv, capture_output=True, text=True, errors="replace", env=ENV,
+        return subprocess.run(argv, capture_output=True, text=True, errors="replace", env=env,
                               stdin=subprocess.DEVNULL)
     except FileNotFoundError:
         raise EnvironmentProblem(f"{argv[0]} not found: install rpm (scripts/setup does) to {what}") from None
@@ -58,7 +61,7 @@ def check_signatures(files: dict[str, Path], keyring: Path) -> None:
     for path, name in sorted(names.items(), key=lambda kv: kv[1]):
         verdict = verdicts.get(path, "")
         if "signatures OK" not in verdict or "NOT OK" in verdict:
-            reason = verdict or proc.stderr.strip().splitlines()[-1:] or "no verdict"
+            reason = verdict or (proc.stderr.strip().splitlines() or ["no verdict"])[-1]
             raise VerificationError(f"package {name}: signature check against {keyring} failed ({reason})")
     if proc.returncode != 0:
         raise VerificationError(f"package signature check failed: {proc.stdout.strip()} {proc.stderr.strip()}")
@@ -73,12 +76,15 @@ def _as_tuple(value) -> tuple:
 
 def file_list(path: Path) -> list[tuple[str, int]]:
     """(path, RPMFILE_* flags) of every file a package ships, from its header."""
-    with rpmfile.open(path) as rpm:
-        h = rpm.headers
-        dirs = [d.decode() for d in _as_tuple(h.get("dirnames"))]
-        names = [b.decode() for b in _as_tuple(h.get("basenames"))]
-        index = _as_tuple(h.get("dirindexes"))
-        flags = _as_tuple(h.get("fileflags"))
+    try:
+        with rpmfile.open(path) as rpm:
+            h = rpm.headers
+    except Exception as exc:  # rpmfile raises assorted types (even AssertionError) on bad input
+        raise VerificationError(f"{path}: unreadable rpm header ({type(exc).__name__}: {exc})") from None
+    dirs = [d.decode() for d in _as_tuple(h.get("dirnames"))]
+    names = [b.decode() for b in _as_tuple(h.get("basenames"))]
+    index = _as_tuple(h.get("dirindexes"))
+    flags = _as_tuple(h.get("fileflags"))
     return [(dirs[i] + n, f) for n, i, f in zip(names, index, flags)]
 
 
@@ -87,20 +93,22 @@ def excluded(paths: Iterable[str], patterns: tuple[str, ...]) -> list[str]:
     return [p for p in paths if any(fnmatch.fnmatchcase(p, pat) for pat in patterns)]
 
 
-def install(files: dict[str, Path], root: Path, keyring: Path, exclude: tuple[str, ...] = ()) -> None:
-    """Verify, then install every package in one rpm transaction into root."""
+def install(files: dict[str, Path], root: Path, keyring: Path, exclude: tuple[str, ...], epoch: int) -> None:
+    """Verify, then install every package in one rpm transaction into root, dated epoch."""
     check_signatures(files, keyring)
     (root / RPMDB.lstrip("/")).mkdir(parents=True, exist_ok=True)
     for argv in (["--initdb"], ["--import", str(keyring)]):
-        proc = _run(rpm_argv(root) + argv, "install packages")
+        proc = _run(rpm_argv(root) + argv, "install packages", epoch)
         if proc.returncode != 0:
             raise ImageFactoryError(f"rpm {argv[0]} in {root} failed: {proc.stderr.strip()}")
-    skip = sorted({p for path in files.values() for p in excluded((f for f, _ in file_list(path)), exclude)})
+    skip = sorted({p for path in files.values() for p in excluded((f for f, _ in file_list(path)), exclude)}
+                  if exclude else ())
     argv = rpm_argv(root) + ["--install", "--quiet", "--define", "_pkgverify_level signature"]
     argv += [x for p in skip for x in ("--excludepath", p)]
-    proc = _run(argv + [str(p) for p in files.values()], "install packages")
+    proc = _run(argv + [str(p) for p in files.values()], "install packages", epoch)
     if proc.returncode != 0:
-        tail = " | ".join(proc.stderr.strip().splitlines()[-4:])
+        lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith(DEBIAN_NAG)]
+        tail = " | ".join(lines[-4:])
         raise ImageFactoryError(f"rpm --install into {root} failed (exit {proc.returncode}): {tail}")
 
 
@@ -111,7 +119,8 @@ def restore_mountpoints(root: Path, points: tuple[str, ...] = ("/proc", "/sys", 
     underneath still have the modes they were created with.
     """
     proc = _run(rpm_argv(root) + ["-qf", "--qf", "%{NAME}\n", *points], "restore mount points")
-    owners = sorted({line for line in proc.stdout.split() if line and " " not in line})
+    # owners only, not "file /dev is not owned by any package"
+    owners = sorted({line for line in proc.stdout.splitlines() if line and " " not in line})
     if owners:
         proc = _run(rpm_argv(root) + ["--restore", *owners], "restore mount points")
         if proc.returncode != 0:

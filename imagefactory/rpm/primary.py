@@ -26,7 +26,7 @@ from imagefactory.rpm.rpmvercmp import EVR, FLAGS
 COMMON = "{http://linux.duke.edu/metadata/common}"
 RPMNS = "{http://linux.duke.edu/metadata/rpm}"
 XMLBASE = "{http://www.w3.org/XML/1998/namespace}base"
-MEMO_VERSION = 2
+MEMO_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -79,21 +79,25 @@ def open_decompressed(path: Path, name: str) -> BinaryIO:
     return path.open("rb")
 
 
-def _deps(fmt: ET.Element, kind: str) -> tuple[Dep, ...]:
+def _deps(fmt: ET.Element, kind: str, seen: dict) -> tuple[Dep, ...]:
+    """The entries of one dependency list; equal entries share one object (libc.so.6 is
+    required by thousands of packages), which keeps memory and the memo small."""
     group = fmt.find(RPMNS + kind)
     if group is None:
         return ()
     out = []
     for e in group.iter(RPMNS + "entry"):
-        flags = FLAGS.get(e.get("flags", ""), 0)
-        evr = None
-        if flags:
-            evr = EVR(e.get("epoch", "0"), e.get("ver", ""), e.get("rel", ""))
-        out.append(Dep(e.get("name", ""), flags, evr, e.get("pre") == "1"))
+        key = (e.get("name", ""), e.get("flags", ""), e.get("epoch", "0"), e.get("ver", ""), e.get("rel", ""),
+               e.get("pre") == "1")
+        dep = seen.get(key)
+        if dep is None:
+            flags = FLAGS.get(key[1], 0)
+            dep = seen[key] = Dep(key[0], flags, EVR(key[2], key[3], key[4]) if flags else None, key[5])
+        out.append(dep)
     return tuple(out)
 
 
-def _package(elem: ET.Element) -> Package:
+def _package(elem: ET.Element, seen: dict) -> Package:
     ver = elem.find(COMMON + "version")
     loc = elem.find(COMMON + "location")
     csum = elem.find(COMMON + "checksum")
@@ -111,10 +115,10 @@ def _package(elem: ET.Element) -> Package:
         checksum_type=csum.get("type", ""),
         checksum=(csum.text or "").strip(),
         size=int(size.get("package", "")),
-        provides=_deps(fmt, "provides"),
-        requires=_deps(fmt, "requires"),
-        obsoletes=_deps(fmt, "obsoletes"),
-        conflicts=_deps(fmt, "conflicts"),
+        provides=_deps(fmt, "provides", seen),
+        requires=_deps(fmt, "requires", seen),
+        obsoletes=_deps(fmt, "obsoletes", seen),
+        conflicts=_deps(fmt, "conflicts", seen),
         files=tuple(f.text for f in fmt.iter(COMMON + "file") if f.text),
     )
 
@@ -122,6 +126,7 @@ def _package(elem: ET.Element) -> Package:
 def iter_packages(stream: BinaryIO, arches: frozenset[str], origin: str = "primary.xml") -> Iterator[Package]:
     """Yield the packages of the given architectures, one element in memory at a time."""
     try:
+        seen: dict = {}
         context = ET.iterparse(stream, events=("start", "end"))
         _, root = next(context)
         if root.tag != COMMON + "metadata":
@@ -130,7 +135,7 @@ def iter_packages(stream: BinaryIO, arches: frozenset[str], origin: str = "prima
             if event != "end" or elem.tag != COMMON + "package":
                 continue
             if elem.findtext(COMMON + "arch") in arches:
-                yield _package(elem)
+                yield _package(elem, seen)
             root.clear()  # drop the finished <package> (and its subtree)
     except ET.ParseError as exc:
         raise VerificationError(f"{origin}: malformed XML ({exc})") from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
+from functools import cmp_to_key
 from dataclasses import dataclass
 
 from imagefactory.errors import ResolveError
@@ -137,8 +138,9 @@ class Universe:
                 self.provides.setdefault(d.name, []).append((p, d))
             for f in p.files:
                 self.files.setdefault(f, []).append(p)
-        for group in self.by_name.values():  # x86_64 before noarch at equal EVR
-            group.sort(key=lambda p: p.arch == "noarch")
+        newest_first = cmp_to_key(lambda a, b: evrcmp(b.evr, a.evr) or (a.arch == "noarch") - (b.arch == "noarch"))
+        for group in self.by_name.values():  # newest first; x86_64 before noarch at equal EVR
+            group.sort(key=newest_first)
 
     def what_provides(self, dep: Dep) -> list[Package]:
         """Packages satisfying a simple (non-rich) dependency."""
@@ -171,7 +173,8 @@ class _Solver:
             f" requires {req!r} -> {nevra}" for req, nevra in links[1:])
 
     def fail(self, requirement: str, parent: Package) -> None:
-        raise ResolveError(f"cannot resolve: {self.chain(parent.name)} requires {requirement!r}, which nothing provides")
+        raise ResolveError(
+            f"cannot resolve: {self.chain(parent.name)} requires {requirement!r}, which nothing provides")
 
     def add(self, pkg: Package, parent: Package | None, req: str) -> None:
         if pkg.name in self.chosen:
@@ -182,7 +185,7 @@ class _Solver:
 
     def satisfied(self, node: Rich | Dep) -> bool:
         if isinstance(node, Dep):
-            return any(self.chosen.get(p.name) == p for p in self.u.what_provides(node))
+            return any(self.chosen.get(p.name) is p for p in self.u.what_provides(node))
         if node.op == "and":
             return all(self.satisfied(a) for a in node.args)
         if node.op == "or":
@@ -205,8 +208,8 @@ class _Solver:
             found = [p for p in self.u.what_provides(first)
                      if all((p in self.u.what_provides(r)) == (node.op == "with") for r in rest)]
         if installed_only:
-            return [p for p in found if self.chosen.get(p.name) == p]
-        found = [p for p in found if p.name not in self.chosen or self.chosen[p.name] == p]
+            return [p for p in found if self.chosen.get(p.name) is p]
+        found = [p for p in found if p.name not in self.chosen or self.chosen[p.name] is p]
         dep_name = node.name if isinstance(node, Dep) else ""
         return sorted(found, key=lambda p: (p.name not in self.requested, p.name != dep_name,
                                             len(p.name), p.name, p.arch == "noarch"))
@@ -294,7 +297,7 @@ class _Solver:
         for pkg in self.chosen.values():
             for c in pkg.conflicts:
                 for other in self.u.what_provides(c):
-                    if other is not pkg and self.chosen.get(other.name) == other:
+                    if other is not pkg and self.chosen.get(other.name) is other:
                         raise ResolveError(
                             f"{pkg.nevra} conflicts with {other.nevra} ({c}); "
                             f"{pkg.name} required by {self.chain(pkg.name)}, {other.name} by {self.chain(other.name)}"

@@ -176,11 +176,14 @@ def seed(source, name, vdir, confdir, address, dev, hostname, memory, cpu, do_un
         store=store.absolute() if store else None,
     )
     # A service manager's stop (SIGTERM) cleans up like Ctrl-C does.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    progress = Progress(quiet=quiet)
-    image = resolve_source(source, repo, keyring, cache, progress)
-    result = seed_image(image, guest, replace=replace, progress=progress)
-    unified = run_unify(result, guest.confdir, guest.store, unify_mode, progress) if do_unify else None
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        progress = Progress(quiet=quiet)
+        image = resolve_source(source, repo, keyring, cache, progress)
+        result = seed_image(image, guest, replace=replace, progress=progress)
+        unified = run_unify(result, guest.confdir, guest.store, unify_mode, progress) if do_unify else None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if as_json:
         click.echo(json.dumps({**result.to_dict(), "unified": unified}, indent=2))
     else:
