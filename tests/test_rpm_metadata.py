@@ -109,7 +109,7 @@ def test_every_compression_gives_the_same_packages(repo, tmp_path, suffix, compr
     path.write_bytes(compress(xml))
     with open_decompressed(path, path.name) as s:
         got = list(iter_packages(s, ARCHES))
-    assert got == list(iter_packages(io.BytesIO(xml), ARCHES)) and len(got) == 11
+    assert got == list(iter_packages(io.BytesIO(xml), ARCHES)) and len(got) == 12
 
 
 def test_malformed_primary(repo, tmp_path):

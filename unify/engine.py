@@ -23,6 +23,7 @@ import os
 import secrets
 import time
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -83,6 +84,9 @@ def resolve_mode(mode: str, store_dir: Path, dry_run: bool) -> tuple[str | None,
     if result.auto_mode is None and not dry_run:
         raise EnvironmentProblem(f"--mode auto refuses: {result.reason}")
     return result.auto_mode, result.reason
+
+
+WALK_THREADS = 4
 
 
 class _DirCache:
@@ -179,34 +183,20 @@ class Unifier:
         known: list[tuple[FileRef, str]] = []
         unknown: list[FileRef] = []
         already: dict[str, list[FileRef]] = defaultdict(list)
-        for g, root in enumerate(self.roots):
-            self.progress.stage(f"walking {root}")
-            root_fd = open_root(root)
-            self.root_fds.append(root_fd)
-            matcher = Matcher(load_rules(root, self.exclude_file))
-            old = index.read(self.store.root, root)
+        for root in self.roots:
+            self.root_fds.append(open_root(root))
+        # Guests are walked in parallel: on a cold cache the walk waits for inode reads, and the
+        # GIL is released during every scandir/stat, so the waits overlap.
+        with ThreadPoolExecutor(max_workers=min(WALK_THREADS, len(self.roots))) as pool:
+            results = list(pool.map(lambda g: self._scan_guest(g, store_names, shares), range(len(self.roots))))
+        for old, new, g_known, g_unknown, g_already, g_counts in results:
             self.old_records.append(old)
-            new: dict[str, list] = {}
             records.append(new)
-            leftovers: list[tuple[str, str]] = []
-            for ref in walk(g, root_fd, matcher, self.min_size, config_files(root_fd), counts, leftovers):
-                rec = old.get(ref.rel)
-                if rec is not None and rec[index.DIGEST]:
-                    st = ref.st
-                    fp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                    entry = rec[index.ENTRY]
-                    if entry and rec[0] == fp[0] and rec[1] == fp[1] and entry in store_names \
-                            and (shares or rec[index.CTIME] == fp[4]):
-                        new[ref.rel] = rec
-                        already[entry].append(ref)
-                        continue
-                    if tuple(rec[:5]) == fp:
-                        new[ref.rel] = rec if not entry else [*rec[:7], ""]
-                        known.append((ref, f"{rec[index.DIGEST]}-{rec[index.METAKEY]}-{fp[2]}"))
-                        continue
-                unknown.append(ref)
-            if not self.dry_run:
-                self._remove_leftovers(root_fd, leftovers)
+            known += g_known
+            unknown += g_unknown
+            for entry, refs in g_already.items():
+                already[entry] += refs
+            counts.update(g_counts)
         for key in ("dirs", "files", "special", "excluded", "conffiles", "too_small"):
             setattr(self.s, key, counts[key])
         self.s.guests = len(self.roots)
@@ -231,6 +221,39 @@ class Unifier:
             if len(refs) + len(already.get(name, ())) > 1 or name in store_names
         }
         return records, linkable
+
+    def _scan_guest(self, g: int, store_names: set[str], shares: bool):
+        """Walk one guest and sort its files by what the index knows: already unified, digest
+        still valid (known), or to be hashed (unknown)."""
+        root, root_fd = self.roots[g], self.root_fds[g]
+        self.progress.stage(f"walking {root}")
+        counts: Counter = Counter()
+        matcher = Matcher(load_rules(root, self.exclude_file))
+        old = index.read(self.store.root, root)
+        new: dict[str, list] = {}
+        known: list[tuple[FileRef, str]] = []
+        unknown: list[FileRef] = []
+        already: dict[str, list[FileRef]] = defaultdict(list)
+        leftovers: list[tuple[str, str]] = []
+        for ref in walk(g, root_fd, matcher, self.min_size, config_files(root_fd), counts, leftovers):
+            rec = old.get(ref.rel)
+            if rec is not None and rec[index.DIGEST]:
+                st = ref.st
+                fp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                entry = rec[index.ENTRY]
+                if entry and rec[0] == fp[0] and rec[1] == fp[1] and entry in store_names \
+                        and (shares or rec[index.CTIME] == fp[4]):
+                    new[ref.rel] = rec
+                    already[entry].append(ref)
+                    continue
+                if tuple(rec[:5]) == fp:
+                    new[ref.rel] = rec if not entry else [*rec[:7], ""]
+                    known.append((ref, f"{rec[index.DIGEST]}-{rec[index.METAKEY]}-{fp[2]}"))
+                    continue
+            unknown.append(ref)
+        if not self.dry_run:
+            self._remove_leftovers(root_fd, leftovers)
+        return old, new, known, unknown, already, counts
 
     def _hash(self, refs: list[FileRef], records: list[dict], groups: dict[str, list[FileRef]]) -> None:
         dirs = _DirCache(self.root_fds)  # refs are in walk order: one directory's files are adjacent
@@ -318,6 +341,7 @@ class Unifier:
             return False
         tmp = self.store.tmp / f"{name}.{secrets.token_hex(4)}"
         dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        done = False
         try:
             st = os.fstat(src)
             if not _unchanged(st, ref.st, src, name.split("-")[1], self.ignore_mtime):
@@ -339,14 +363,14 @@ class Unifier:
             path = self.store.path_of(name)
             path.parent.mkdir(mode=0o700, exist_ok=True)
             os.rename(tmp, path)
+            done = True
             return True
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
         finally:
             os.close(src)
             os.close(dst)
+            if not done:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
 
     # -- phase 4: link -----------------------------------------------------------------------
     def link_all(self, linkable: dict[str, list[FileRef]], store_names: set[str], records: list[dict]) -> None:
