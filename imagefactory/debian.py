@@ -22,7 +22,8 @@ from imagefactory.packages import Package, load_index
 from imagefactory.plan import Artifact, BuildOptions, Plan
 from imagefactory.progress import Progress
 from imagefactory.recipe import Recipe
-from imagefactory.release import Release, check_valid_until, parse_release, verify_signed
+from imagefactory.gpgv import verify_clearsigned
+from imagefactory.release import Release, check_valid_until, parse_release
 from imagefactory.resolve import Universe, initial_set, resolve
 from imagefactory.sources import host_debian_mirror
 
@@ -84,7 +85,7 @@ class DebianBackend:
         keyring = Path(recipe.keyring or DEFAULT_KEYRINGS[recipe.family])
         progress.stage(f"release: {mirror} {recipe.suite}")
         raw = fetch.fetch_url(f"{mirror}/dists/{recipe.suite}/InRelease")
-        text = verify_signed(raw, keyring, f"InRelease of {recipe.suite}").decode("utf-8", "replace")
+        text = verify_clearsigned(raw, keyring, f"InRelease of {recipe.suite}").decode("utf-8", "replace")
         rel = parse_release(text)
         check_valid_until(rel, datetime.now(timezone.utc), opts.allow_expired_release)
         # The resolution is a pure function of the signed Release and the recipe: memoize it.

@@ -1,20 +1,17 @@
-"""Debian/Ubuntu archive metadata: InRelease, verified before it is parsed.
+"""Debian/Ubuntu archive metadata: the Release file and its Valid-Until.
 
-Only the bytes gpgv says were signed are ever parsed (gpgv --output), so a
-clearsigned file with extra unsigned text cannot smuggle fields in.
+It is parsed only after imagefactory.gpgv verified InRelease, and only the
+bytes gpgv says were signed are parsed, so a clearsigned file with extra
+unsigned text cannot smuggle fields in.
 """
 
 from __future__ import annotations
 
 import email.utils
-import os
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 
-from imagefactory.errors import EnvironmentProblem, VerificationError
+from imagefactory.errors import VerificationError
 
 
 @dataclass(frozen=True)
@@ -89,45 +86,3 @@ def check_valid_until(rel: Release, now: datetime, allow_expired: bool) -> None:
             f"Release of {rel.codename or rel.suite} expired on {rel.valid_until:%Y-%m-%d %H:%M} UTC "
             f"(a stale mirror or snapshot); pass --allow-expired-release to accept it"
         )
-
-
-def _gpgv_keyring(keyring: Path, tmp: Path) -> Path:
-    """gpgv wants a binary keyring; dearmor an .asc key file first."""
-    data = keyring.read_bytes()
-    if not data.lstrip().startswith(b"-----BEGIN PGP"):
-        return keyring
-    out = tmp / "keyring.gpg"
-    subprocess.run(["gpg", "--batch", "--yes", "--dearmor", "-o", str(out), str(keyring)], check=True,
-                   capture_output=True)
-    return out
-
-
-def verify_signed(data: bytes, keyring: Path, what: str) -> bytes:
-    """Verify a clearsigned document with gpgv; return exactly the signed text."""
-    if not keyring.is_file():
-        raise VerificationError(f"keyring {keyring} not found (install debian-archive-keyring or set 'keyring')")
-    with tempfile.TemporaryDirectory(prefix="imagefactory-gpgv.") as tmp:
-        tmpdir = Path(tmp)
-        signed = tmpdir / "InRelease"
-        signed.write_bytes(data)
-        out = tmpdir / "Release"
-        try:
-            kr = _gpgv_keyring(keyring, tmpdir)
-            proc = subprocess.run(
-                ["gpgv", "--status-fd", "1", "--keyring", str(kr), "--output", str(out), str(signed)],
-                capture_output=True,
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
-            )
-        except FileNotFoundError as exc:
-            raise EnvironmentProblem(f"{exc.filename} not found: install gpgv (scripts/setup does)") from None
-        status = proc.stdout.decode(errors="replace")
-        if proc.returncode != 0 or "[GNUPG:] VALIDSIG" not in status:
-            reason = "no valid signature"
-            if "NO_PUBKEY" in status:
-                reason = "signed by a key not in " + str(keyring)
-            elif "BADSIG" in status:
-                reason = "BAD signature (the file was altered)"
-            elif "NODATA" in status:
-                reason = "not signed at all"
-            raise VerificationError(f"{what}: {reason}")
-        return out.read_bytes()

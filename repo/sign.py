@@ -8,7 +8,6 @@ goes through gpgv against one explicit keyring, exactly like apt does.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import shutil
@@ -18,7 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagefactory.errors import EnvironmentProblem, ImageFactoryError, VerificationError
+from imagefactory import gpgv
+from imagefactory.errors import EnvironmentProblem, ImageFactoryError
 
 DIGEST = "SHA512"  # apt refuses SHA1 signatures; SHA512 is what Debian uses.
 
@@ -151,52 +151,12 @@ class Signer:
         _run(args + ["--addsign", *map(str, paths)], self.env, f"signing {len(paths)} RPM(s)")
 
 
-def dearmor(key: bytes) -> bytes:
-    """Binary form of an ASCII-armored public key (gpgv only reads binary keyrings)."""
-    if not key.lstrip().startswith(b"-----BEGIN"):
-        return key
-    lines = key.decode("ascii", errors="replace").strip().splitlines()
-    body, in_body = [], False
-    for line in lines[1:]:
-        if line.startswith("-----END"):
-            break
-        if in_body:
-            if not line.startswith("="):  # the CRC24 line is not part of the data
-                body.append(line.strip())
-        elif not line.strip():
-            in_body = True
-    return base64.b64decode("".join(body))
-
-
-def _gpgv(keyring: Path, args: list[str]) -> subprocess.CompletedProcess:
-    with tempfile.TemporaryDirectory(prefix="if-gpgv-") as home:
-        ring = Path(home) / "keyring.gpg"
-        ring.write_bytes(dearmor(keyring.read_bytes()))
-        return subprocess.run([_need("gpgv"), "--homedir", home, "--keyring", str(ring), *args],
-                              capture_output=True, env={**os.environ, "GNUPGHOME": home})
-
-
 def verify_detached(keyring: Path, signature: Path, data: Path) -> None:
     """Raise VerificationError unless signature is a good signature of data by keyring."""
-    proc = _gpgv(keyring, [str(signature), str(data)])
-    if proc.returncode != 0:
-        raise VerificationError(f"bad signature {signature.name} for {data.name}: {_why(proc)}")
+    gpgv.verify_detached(data.read_bytes(), signature.read_bytes(), keyring,
+                         f"bad signature {signature.name} for {data.name}")
 
 
 def verify_clearsigned(keyring: Path, signed: Path) -> bytes:
     """Return only the signed text of a clearsigned file (never trust text around it)."""
-    with tempfile.TemporaryDirectory(prefix="if-gpgv-out-") as tmp:
-        out = Path(tmp) / "content"
-        proc = _gpgv(keyring, ["--output", str(out), str(signed)])
-        if proc.returncode != 0:
-            raise VerificationError(f"bad signature on {signed.name}: {_why(proc)}")
-        return out.read_bytes()
-
-
-def _why(proc: subprocess.CompletedProcess) -> str:
-    text = proc.stderr.decode(errors="replace")
-    for marker in ("BAD signature", "No public key", "no valid OpenPGP data", "not a detached signature"):
-        if marker in text:
-            return marker
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].removeprefix("gpgv: ") if lines else f"gpgv exit {proc.returncode}"
+    return gpgv.verify_clearsigned(signed.read_bytes(), keyring, f"bad signature on {signed.name}")

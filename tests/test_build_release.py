@@ -5,7 +5,8 @@ from datetime import datetime, timezone
 import pytest
 
 from imagefactory.errors import VerificationError
-from imagefactory.release import check_valid_until, parse_release, verify_signed
+from imagefactory.gpgv import verify_clearsigned as verify_signed
+from imagefactory.release import check_valid_until, parse_release
 from tests.debarchive import make_key
 
 RELEASE = """Origin: Debian

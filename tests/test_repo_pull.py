@@ -91,7 +91,7 @@ def test_pull_refuses_bad_signature(tmp_path, capsys, served, other_key):
                                      capture_output=True).stdout)
     subprocess.run(["gpgconf", "--kill", "all"], env=env, capture_output=True)
     code, _, err = run(capsys, "pull", served["url"], "testimg", "-o", out, "--keyring", wrong)
-    assert code == 3 and "No public key" in err
+    assert code == 3 and "signed by a key not in" in err
     assert not out.exists()
 
 

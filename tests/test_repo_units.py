@@ -11,7 +11,7 @@ from repo import apt, streams
 from repo.artifacts import ar_members, read_deb, read_image, read_rpm
 from repo.layout import retained
 from repo.publish import ConflictError, plan_changes
-from repo.sign import dearmor
+from imagefactory.gpgv import dearmor
 from tests.test_repo_support import gpg_key, make_deb, make_image, make_rpm  # noqa: F401
 
 

@@ -18,7 +18,8 @@ from imagefactory.errors import UnsafeInput, VerificationError
 from imagefactory.rpm import comps
 from imagefactory.rpm.install import check_signatures, file_list
 from imagefactory.rpm.primary import iter_packages, load_primary, open_decompressed
-from imagefactory.rpm.repomd import parse_repomd, safe_href, verify_detached
+from imagefactory.gpgv import verify_detached
+from imagefactory.rpm.repomd import parse_repomd, safe_href
 from imagefactory.rpm.rpmvercmp import EVR, LESS
 from tests.conftest import need_tool
 from tests.rpmdata.makerepo import make_key, make_repo

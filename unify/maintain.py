@@ -19,7 +19,7 @@ from unify import index, probe
 from unify.engine import apply_meta
 from unify.exclude import Matcher
 from unify.protect import Protection
-from unify.store import Store, hash_fd, meta_of, parse_entry_name, read_xattrs
+from unify.store import Store, hash_fd, meta_of, read_xattrs
 from unify.walk import FILE_FLAGS, TMP_PREFIX, open_dir, open_root, walk
 
 

@@ -21,7 +21,8 @@ from imagefactory.progress import Progress
 from imagefactory.recipe import Recipe
 from imagefactory.rpm import comps, install
 from imagefactory.rpm.primary import Package, load_primary, open_decompressed
-from imagefactory.rpm.repomd import Repomd, RepoFile, parse_repomd, safe_href, verify_detached
+from imagefactory.gpgv import verify_detached
+from imagefactory.rpm.repomd import Repomd, RepoFile, parse_repomd, safe_href
 from imagefactory.rpm.resolve import Universe, resolve
 
 GROUP_TYPES = ("group_zst", "group_xz", "group_gz", "group")  # comps, best compression first
