@@ -113,15 +113,16 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def find_recipe(ref: str, search: Path | None = None) -> Path:
-    """A recipe by file path (contains / or ends in .toml) or by name in recipes/."""
-    search = search or RECIPES_DIR
+    """A recipe by file path (contains / or ends in .toml) or by name: in
+    `search` first (the directory of the recipe that extends it), then recipes/."""
     if "/" in ref or ref.endswith(".toml"):
         return Path(ref)
-    path = search / f"{ref}.toml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in search.glob("*.toml"))) or "none"
-        raise RecipeError(f"unknown recipe {ref!r} (known: {known})")
-    return path
+    dirs = [d for d in (search, RECIPES_DIR) if d is not None]
+    for d in dirs:
+        if (d / f"{ref}.toml").is_file():
+            return d / f"{ref}.toml"
+    known = ", ".join(sorted({p.stem for d in dirs for p in d.glob("*.toml")})) or "none"
+    raise RecipeError(f"unknown recipe {ref!r} (known: {known})")
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -145,7 +146,7 @@ def load_raw(ref: str, search: Path | None = None, _seen: tuple[str, ...] = ()) 
         return data, path
     if parent in _seen or parent == path.stem:
         raise RecipeError(f"{path}: key 'extends' forms a cycle: {' -> '.join(_seen + (path.stem, parent))}")
-    base, _ = load_raw(parent, search or path.parent, _seen + (path.stem,))
+    base, _ = load_raw(parent, path.parent, _seen + (path.stem,))
     base.pop("name", None)
     base.pop("description", None)
     return _merge(base, data), path

@@ -137,8 +137,9 @@ def _kernel_image(packages: list[Path], into: Path) -> tuple[Path, str]:
 def boot(vmlinuz: Path, initramfs: Path | None, disk: Path, console: Path, timeout: int,
          append: str = "", memory: str = "256") -> None:
     """Run the VM until its init reboots it (qemu -no-reboot then exits)."""
-    accel = ["-accel", "kvm", "-accel", "tcg"] if os.access("/dev/kvm", os.R_OK | os.W_OK) else ["-accel", "tcg"]
-    argv = ["qemu-system-x86_64", *accel, "-m", memory, "-nodefaults", "-no-reboot", "-display", "none",
+    # TCG by default: nested KVM on a cloud VM can hang silently; opt in with IMAGEFACTORY_QEMU_KVM=1.
+    accel = "kvm" if os.environ.get("IMAGEFACTORY_QEMU_KVM") == "1" else "tcg"
+    argv = ["qemu-system-x86_64", "-accel", accel, "-m", memory, "-nodefaults", "-no-reboot", "-display", "none",
             "-serial", f"file:{console}", "-kernel", str(vmlinuz),
             *(["-initrd", str(initramfs)] if initramfs else []),
             "-drive", f"file={disk},format=raw,if=virtio",

@@ -36,8 +36,14 @@ def test_wrong_type(tmp_path):
 
 def test_unknown_recipe_name(tmp_path):
     write(tmp_path, "one", 'family = "debian"\nsuite = "sid"\n')
-    with pytest.raises(RecipeError, match="unknown recipe 'nope' \\(known: one\\)"):
+    with pytest.raises(RecipeError, match="unknown recipe 'nope' \\(known: .*debian-sid.*one"):
         recipe.load("nope", tmp_path)
+
+
+def test_a_recipe_file_elsewhere_can_extend_a_shipped_one(tmp_path):
+    p = write(tmp_path, "mine", 'extends = "debian-sid"\npackages = ["curl"]\n')
+    r = recipe.load(str(p))
+    assert r.suite == "sid" and r.packages == ("curl",) and r.name == "mine"
 
 
 def test_bad_variant_and_family(tmp_path):

@@ -265,7 +265,7 @@ int main(void)
 	} else {
 		result("mount_ext4", 1, "/dev/vda on /mnt");
 		run_rules();
-		if (umount("/mnt") < 0)
+		if (chdir("/") < 0 || umount("/mnt") < 0)
 			result("umount", 0, "%s", strerrorname_np(errno));
 	}
 	printf("IXUNLINK-SUMMARY passed=%d failed=%d\n", passed, failed);
