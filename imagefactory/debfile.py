@@ -33,6 +33,8 @@ def ar_members(data: bytes, origin: str) -> dict[str, bytes]:
     pos = len(AR_MAGIC)
     while pos + 60 <= len(data):
         header = data[pos:pos + 60]
+        if header[58:60] != b"`\n":
+            raise VerificationError(f"{origin}: corrupt ar member header")
         name = header[:16].decode("ascii", "replace").strip().rstrip("/")
         try:
             size = int(header[48:58].decode().strip())

@@ -134,8 +134,5 @@ def write_image(root: Path, target: Path, epoch: int, threads: int = -1) -> tupl
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()

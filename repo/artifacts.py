@@ -9,20 +9,19 @@ names that end up in paths are checked against a strict pattern.
 from __future__ import annotations
 
 import datetime as _dt
-import gzip
 import hashlib
 import io
 import json
-import lzma
+import os
 import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import rpmfile
-import zstandard
 from debian_inspector.debcon import get_paragraph_data
 
+from imagefactory import debfile
 from imagefactory.errors import ImageFactoryError, UnsafeInput, VerificationError
 
 KERNEL_MANIFEST = "kernel-manifest.json"  # written by `imagefactory kernel build` beside its packages
@@ -35,12 +34,8 @@ class ArtifactError(ImageFactoryError):
 
 
 def sha256_file(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
     with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
+        return hashlib.file_digest(f, "sha256").hexdigest(), os.fstat(f.fileno()).st_size
 
 
 def _safe(value: str, what: str, source: Path) -> str:
@@ -113,43 +108,15 @@ class Extra:
         return self.name
 
 
-def ar_members(data: bytes) -> dict[str, bytes]:
-    """Members of a Unix ar archive (the .deb container); no stdlib module reads it."""
-    if not data.startswith(b"!<arch>\n"):
-        raise ValueError("not an ar archive")
-    members, pos = {}, 8
-    while pos + 60 <= len(data):
-        header = data[pos:pos + 60]
-        if header[58:60] != b"`\n":
-            raise ValueError("corrupt ar member header")
-        name = header[:16].decode("ascii", errors="replace").strip().rstrip("/")
-        size = int(header[48:58].decode("ascii").strip())
-        members[name] = data[pos + 60:pos + 60 + size]
-        pos += 60 + size + (size & 1)
-    return members
-
-
-def _decompress(name: str, blob: bytes) -> bytes:
-    if name.endswith(".gz"):
-        return gzip.decompress(blob)
-    if name.endswith(".xz"):
-        return lzma.decompress(blob)
-    if name.endswith(".zst"):
-        return zstandard.ZstdDecompressor().stream_reader(io.BytesIO(blob)).read()
-    if name.endswith(".tar"):
-        return blob
-    raise ValueError(f"unsupported compression in {name}")
-
-
 def deb_control(data: bytes) -> str:
     """The control file text of a .deb given as bytes."""
-    members = ar_members(data)
+    members = debfile.ar_members(data, "package")
     if members.get("debian-binary", b"").strip() != b"2.0":
         raise ValueError("not a Debian binary package (debian-binary is not 2.0)")
     name = next((n for n in members if n.startswith("control.tar")), None)
     if name is None:
         raise ValueError("no control.tar member")
-    with tarfile.open(fileobj=io.BytesIO(_decompress(name, members[name]))) as tar:
+    with tarfile.open(fileobj=io.BytesIO(debfile.decompress_member(name, members[name], "package"))) as tar:
         for member in tar.getmembers():
             if member.name in ("control", "./control") and member.isfile():
                 return tar.extractfile(member).read().decode("utf-8").strip("\n")
@@ -159,7 +126,7 @@ def deb_control(data: bytes) -> str:
 def read_deb(path: Path) -> Deb:
     try:
         control = deb_control(path.read_bytes())
-    except (ValueError, tarfile.TarError, lzma.LZMAError, OSError, EOFError, UnicodeDecodeError) as exc:
+    except (ValueError, VerificationError, tarfile.TarError, OSError, EOFError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path}: not a readable .deb ({exc})") from None
     fields = get_paragraph_data(control)
     missing = [f for f in ("package", "version", "architecture") if not fields.get(f)]

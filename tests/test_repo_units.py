@@ -8,7 +8,8 @@ import pytest
 
 from imagefactory.errors import UnsafeInput, VerificationError
 from repo import apt, streams
-from repo.artifacts import ar_members, read_deb, read_image, read_rpm
+from imagefactory.debfile import ar_members
+from repo.artifacts import read_deb, read_image, read_rpm
 from repo.layout import retained
 from repo.publish import ConflictError, plan_changes
 from imagefactory.gpgv import dearmor
@@ -21,7 +22,7 @@ def test_read_deb_matches_dpkg_deb(tmp_path):
     assert (record.package, record.version, record.architecture) == ("pkg-a", "2:1.5-3", "amd64")
     expected = subprocess.run(["dpkg-deb", "-f", str(deb)], capture_output=True, text=True, check=True).stdout
     assert record.control + "\n" == expected
-    assert set(ar_members(deb.read_bytes())) >= {"debian-binary", "control.tar.xz", "data.tar.xz"}
+    assert set(ar_members(deb.read_bytes(), deb.name)) >= {"debian-binary", "control.tar.xz", "data.tar.xz"}
     assert apt.pool_path("main", "pkg-a", "2:1.5-3", "amd64") == "pool/main/pkg-a/pkg-a_1.5-3_amd64.deb"
 
 

@@ -80,13 +80,17 @@ static int get_flags(const char *path, int *flags)
 	return rc;
 }
 
+/* Set the protection bits to exactly `flags`, keeping the others (extents etc.) as chattr does. */
 static int set_flags(const char *path, int flags)
 {
-	int fd = open(path, O_RDONLY | O_NOFOLLOW), rc, err;
+	int fd = open(path, O_RDONLY | O_NOFOLLOW), rc, err, old = 0;
 
 	if (fd < 0)
 		return -1;
-	rc = ioctl(fd, FS_IOC_SETFLAGS, &flags);
+	rc = ioctl(fd, FS_IOC_GETFLAGS, &old);
+	flags |= old & ~PROTECTED;
+	if (rc == 0)
+		rc = ioctl(fd, FS_IOC_SETFLAGS, &flags);
 	err = errno;
 	close(fd);
 	errno = err;
