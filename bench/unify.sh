@@ -2,6 +2,7 @@
 # Benchmark `imagefactory unify -n` against util-linux `hardlink -c -n` on real guest roots.
 #
 #   bench/unify.sh [--prepare-only] [--scale N]   (root; needs mmdebstrap, hardlink, /usr/bin/time)
+#   --scale 0 skips the 10..N guests series (which copies N guests: about 140 MB each).
 #
 # Guests (5x sid, 2x trixie, 1x bookworm minbase) are built once with mmdebstrap from the host's
 # own Debian mirror and cached under /var/tmp/imagefactory-bench/ so reruns reuse them.
@@ -106,9 +107,12 @@ wipe_store
 DU_BEFORE=$(du -sB1 "$G" | cut -f1)
 run if_real "$IF" unify -q --json --mode "$MODE" "$G"/* --store "$STORE"
 DU_AFTER=$(du -sB1 "$G" "$STORE" | awk '{ s += $1 } END { print s }')
+ENTRIES=$(find "$STORE/objects" -type f -printf '%b\n' | awk '{ s += $1 * 512 } END { print s }')
+STORE_META=$(( $(du -sB1 "$STORE" | cut -f1) - ENTRIES ))  # index files and the store's directories
 echo "real run ($MODE): $WALL s, linked $(jget if_real linked), reported saving $(jget if_real bytes_saved) B" \
-     "($(jget if_real disk_saved) B on disk); du saving $((DU_BEFORE - DU_AFTER)) B" \
-     "(du before $DU_BEFORE, after incl. store $DU_AFTER)"
+     "($(jget if_real disk_saved) B on disk)"
+echo "du: before $DU_BEFORE B, after (guests + store) $DU_AFTER B: saving $((DU_BEFORE - DU_AFTER)) B;" \
+     "plus the store's own index and directories ($STORE_META B) = $((DU_BEFORE - DU_AFTER + STORE_META)) B"
 for g in "$G"/*; do
     chroot "$g" dpkg -V > "$T/dpkgV" 2>&1 || { echo "dpkg -V failed in $g"; cat "$T/dpkgV"; exit 1; }
     [ -s "$T/dpkgV" ] && { echo "dpkg -V reports changes in $g:"; cat "$T/dpkgV"; exit 1; }
@@ -123,7 +127,7 @@ chattr -R -f -i "$G" "$STORE" 2>/dev/null || true
 S=$CACHE/scale
 mkdir -p "$S"
 suites=(sid sid sid sid sid trixie trixie bookworm)
-for n in $(printf '%s\n' 10 25 50 "$SCALE" | awk -v max="$SCALE" '$1 <= max' | sort -nu); do
+for n in $(printf '%s\n' 10 25 50 "$SCALE" | awk -v max="$SCALE" '$1 > 0 && $1 <= max' | sort -nu); do
     for i in $(seq 1 "$n"); do
         d=$S/g$(printf %03d "$i")
         [ -d "$d" ] || { cp -a "$CACHE/base/${suites[$(( (i - 1) % 8 ))]}" "$d"; rm -f "$d/.complete"; }

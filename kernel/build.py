@@ -124,13 +124,13 @@ class _Steps:
         self.log.write(f"\n=== {step}: {' '.join(argv)}\n")
         self.log.flush()
         proc = subprocess.Popen(argv, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        last, compiled = time.monotonic(), 0
+        last = time.monotonic()
         while proc.poll() is None:
             time.sleep(1)
             if time.monotonic() - last >= 20:
                 last = time.monotonic()
-                compiled = _count_compiled(self.log_path)
-                self.progress.stage(f"kernel: {step}: {compiled} objects compiled so far")
+                done = f"{_count_compiled(self.log_path)} objects compiled so far" if argv[0] == "make" else "still running"
+                self.progress.stage(f"kernel: {step}: {done}")
         if proc.returncode != 0:
             raise self.fail(step, f"{argv[0]} exited {proc.returncode} ({_last_error(self.log_path)})")
 

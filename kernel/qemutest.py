@@ -225,7 +225,7 @@ def run_unify_demo(recipe_path: Path, cache_root: Path, timeout: int, progress: 
         root = Path(tmp)
         subprocess.run(["tar", "-xf", str(tarball), "-C", str(root)], check=True)
         project = HERE.parent
-        for package in ("imagefactory", "unify"):
+        for package in ("imagefactory", "unify", "kernel"):
             shutil.copytree(project / package, root / "opt/imagefactory" / package,
                             ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copyfile(DEMO_SCRIPT, root / "unify-demo.sh")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def test_real_build_of_shipped_recipe_then_cache_noop(tmp_path):
     argv = ["kernel", "build", str(SHIPPED), "-o", str(out), "--cache-dir", str(cache), "--json", "-q"]
 
     def run(capsys_text=None):
-        proc = subprocess.run([str(REPO / ".venv/bin/python"), "-c", "from imagefactory.cli import main; main()", *argv],
+        proc = subprocess.run([sys.executable, "-c", "from imagefactory.cli import main; main()", *argv],
                               capture_output=True, text=True, cwd=REPO)
         assert proc.returncode == 0, proc.stderr[-3000:]
         return json.loads(proc.stdout)
@@ -116,3 +117,20 @@ def test_real_build_of_shipped_recipe_then_cache_noop(tmp_path):
     second = run()
     assert second["cached"] is True and second["packages"] == first["packages"]
     assert (build_dir / "build.log").stat().st_size == log_size  # nothing was rebuilt
+
+
+@pytest.mark.slow
+def test_config_option_that_does_not_stick_is_named(tmp_path):
+    """Real kconfig drops EXT4 when BLOCK is off; the build must stop and name it."""
+    need_tool("make", "gcc", "flex", "bison")
+    (tmp_path / "frag.config").write_text("CONFIG_64BIT=y\n# CONFIG_BLOCK is not set\nCONFIG_EXT4_FS=y\n")
+    path = tmp_path / "k.toml"
+    path.write_text('[source]\ndebian_package = "linux-source-6.1"\n[config]\nbase = "tinyconfig"\nfragments = ["frag.config"]\n')
+    inputs = resolve_inputs(load_recipe(path), tmp_path / "cache")
+    with pytest.raises(RecipeError) as info:
+        build(inputs, tmp_path / "out", tmp_path / "cache", progress=Progress(quiet=True))
+    message = str(info.value)
+    assert "did not stick" in message and "CONFIG_EXT4_FS: asked y, got not set" in message
+    assert "CONFIG_BLOCK" not in message.split("did not stick")[1].split("log kept")[0]  # that one did stick
+    assert Path(message.rsplit("log kept: ", 1)[1]).is_file()
+    assert not (tmp_path / "out").exists()

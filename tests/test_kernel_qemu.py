@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,28 @@ def test_ixunlink_rules_under_qemu():
     print(result.stdout[-4000:], result.stderr[-2000:])
     assert result.returncode == 0
     assert f"{len(EXPECTED_RULES) + 1} passed, 0 failed" in result.stdout
+
+
+def test_demo_console_parsing():
+    from kernel.qemutest import DEMO_STEPS
+
+    text = "".join(f"UNIFY-DEMO {s} PASS ok\n" for s in DEMO_STEPS) + "UNIFY-DEMO-SUMMARY passed=11 failed=0\n"
+    assert parse_console(text, DEMO_STEPS, "UNIFY-DEMO", "UNIFY-DEMO-SUMMARY").ok
+    # the summary tag must not be read as a step named "-SUMMARY"
+    assert parse_console("UNIFY-DEMO-SUMMARY passed=0 failed=0\n", DEMO_STEPS, "UNIFY-DEMO",
+                         "UNIFY-DEMO-SUMMARY").failed == len(DEMO_STEPS)
+
+
+@pytest.mark.slow
+@pytest.mark.root
+@pytest.mark.network
+@pytest.mark.skipif(os.environ.get("IMAGEFACTORY_QEMU_TESTS") != "1", reason="opt-in: IMAGEFACTORY_QEMU_TESTS=1")
+def test_unify_vserver_inside_vm():
+    """The real `imagefactory unify --mode vserver` on the IXUNLINK kernel, plus a dpkg-style update."""
+    need_tool("qemu-system-x86_64", "mmdebstrap", "mkfs.ext4")
+    cache = os.environ.get("IMAGEFACTORY_KERNEL_CACHE", "/var/cache/imagefactory/kernel")
+    result = subprocess.run([sys.executable, "-c", "from imagefactory.cli import main; main()",
+                             "kernel", "demo-unify", "--cache-dir", cache],
+                            capture_output=True, text=True, timeout=3600, cwd=REPO)
+    print(result.stdout[-4000:], result.stderr[-2000:])
+    assert result.returncode == 0

@@ -190,3 +190,17 @@ def test_reported_saving_is_what_du_shows(tmp_path, guests):
     assert s.disk_saved == dry.disk_saved > 0
     entries = [e.path for e in Store(store).entries()]
     assert before - du(*guests, *entries) == s.disk_saved
+
+
+def test_names_already_sharing_an_inode_are_left_alone(tmp_path):
+    g = tmp_path / "g"
+    write(g / "usr/bin/perl", b"an interpreter binary of some size\n" * 20, 0o755)
+    os.link(g / "usr/bin/perl", g / "usr/bin/perl5.40")
+    s = unify([g], tmp_path / "store", mode="hardlink")
+    assert (s.linked, s.new_entries, s.bytes_saved) == (0, 0, 0)
+    h = tmp_path / "h"
+    write(h / "usr/bin/perl", b"an interpreter binary of some size\n" * 20, 0o755)
+    s = unify([g, h], tmp_path / "store", mode="hardlink")
+    assert (s.linked, s.new_entries, s.duplicates) == (3, 1, 1)
+    assert s.bytes_saved == (h / "usr/bin/perl").stat().st_size
+    assert (h / "usr/bin/perl").stat().st_nlink == 4

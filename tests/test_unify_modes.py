@@ -47,6 +47,7 @@ def test_vserver_mode_sets_immutable_and_ixunlink_on_every_entry(tmp_path):
     assert s.mode == "vserver" and s.linked == 6
     entries = list(Store(store).entries())
     assert {kernel.flags.get(e.ino) for e in entries} == {VS}
+    assert kernel.flags[store.stat().st_ino] == probe.FS_BARRIER_FL  # vhashify's barrier on the store root
     # A re-run that links a new guest lifts the flags for the link() and sets them again.
     g3 = make_guest(tmp_path / "g3")
     kernel.calls.clear()

@@ -95,7 +95,7 @@ def unify(roots, store, mode, dry_run, ignore_mtime, min_size, exclude_from, act
             f"Saved:        {human(st.bytes_saved)}",
         ])
     elif action == "verify":
-        checked, problems = maintain.verify(store)
+        checked, problems = maintain.verify(store, progress=Progress(quiet=quiet or as_json))
         _out(as_json, {"checked": checked, "problems": [p.__dict__ for p in problems]},
              [f"{p.entry}: {p.problem}" for p in problems] + [f"Verified {checked} entries, {len(problems)} problems"])
         if problems:

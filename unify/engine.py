@@ -169,8 +169,9 @@ class Unifier:
         self.buf = bytearray(CHUNK)
 
     # -- phase 2: walk and hash --------------------------------------------------------------
-    def scan(self) -> tuple[list[dict], dict[str, list[FileRef]]]:
-        """Per guest new index records, and entry name -> guest files to link to it."""
+    def scan(self) -> tuple[list[dict], dict[str, list[FileRef]], set[str]]:
+        """Per guest new index records, entry name -> guest files to link to it, and the names
+        of the entries some guest file already is."""
         shares = self.prot is None or self.prot.shares_inode
         store_names = self.store.names() if self.store.exists() else set()
         store_sizes = {int(n.rsplit("-", 1)[1]) for n in store_names}
@@ -210,11 +211,13 @@ class Unifier:
         for name, refs in already.items():
             self.s.already_unified += len(refs)
             self.s.already_bytes += refs[0].st.st_size * len(refs)
+        # Worth linking: two or more distinct inodes, or an entry already in the store. (Names that
+        # already share one inode inside a guest, like perl and perl5.x, gain nothing on their own.)
         linkable = {
             name: refs for name, refs in groups.items()
-            if len(refs) + len(already.get(name, ())) > 1 or name in store_names
+            if name in store_names or len({(r.st.st_dev, r.st.st_ino) for r in refs}) > 1
         }
-        return records, linkable
+        return records, linkable, set(already)
 
     def _scan_guest(self, g: int, store_names: set[str], shares: bool):
         """Walk one guest and sort its files by what the index knows: already unified, digest
@@ -450,6 +453,19 @@ class Unifier:
             self.s.listing.append([str(self.roots[ref.guest] / ref.rel), name, ref.st.st_size])
         self.merged.add((ref.st.st_dev, ref.st.st_ino))
 
+    def reprotect(self, names: set[str]) -> None:
+        """Re-assert the flags on entries this run did not link to (a run killed between lifting
+        and restoring them may have linked every guest already, so nothing else would)."""
+        if not self.prot.flags:
+            return
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                fd = os.open(self.store.path_of(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    self.prot.protect(fd)
+                finally:
+                    os.close(fd)
+
     @staticmethod
     def _entry_id(efd: int) -> tuple[int, int]:
         st = os.fstat(efd)
@@ -517,6 +533,8 @@ def _unify(roots, store, mode, dry_run, ignore_mtime, min_size, exclude_file, pr
         if chosen and not dry_run:
             store_obj.set_mode(chosen)
             summary.temp_removed += store_obj.clean_tmp()
+            if chosen == "vserver":
+                prot.barrier(store_obj.root)
         store_dev = os.stat(store_obj.root).st_dev
         for r in roots:
             if os.stat(r).st_dev != store_dev and not dry_run:
@@ -524,7 +542,7 @@ def _unify(roots, store, mode, dry_run, ignore_mtime, min_size, exclude_file, pr
         u = Unifier(roots, store_obj, prot, summary, dry_run=dry_run, ignore_mtime=ignore_mtime,
                     min_size=min_size, exclude_file=exclude_file, progress=progress)
         try:
-            records, linkable = u.scan()
+            records, linkable, in_use = u.scan()
             store_names = store_obj.names()
             if dry_run:
                 for name, refs in linkable.items():
@@ -546,6 +564,7 @@ def _unify(roots, store, mode, dry_run, ignore_mtime, min_size, exclude_file, pr
                 summary.disk_saved -= created_blocks
                 progress.stage("linking")
                 u.link_all(linkable, store_names, records)
+                u.reprotect(in_use - linkable.keys())
             summary.duplicates -= summary.new_entries
             for root, recs, old in zip(u.roots, records, u.old_records):
                 if recs != old:

@@ -79,9 +79,10 @@ class Problem:
     problem: str
 
 
-def verify(store_dir: Path, ioctl=None) -> tuple[int, list[Problem]]:
+def verify(store_dir: Path, ioctl=None, progress=None) -> tuple[int, list[Problem]]:
     """Re-hash every entry; compare content, size, metadata key and protection flags with its name."""
     store = _open_store(store_dir)
+    total = len(store.names())
     mode = store.info().get("mode")
     prot = (Protection(mode, ioctl) if ioctl else Protection(mode)) if mode else None
     problems: list[Problem] = []
@@ -89,6 +90,8 @@ def verify(store_dir: Path, ioctl=None) -> tuple[int, list[Problem]]:
     buf = bytearray(1 << 20)
     for e in store.entries():
         checked += 1
+        if progress:
+            progress.count("verifying", checked, total, " entries")
         fd = os.open(e.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             st = os.fstat(fd)

@@ -17,6 +17,7 @@ re-asserts them on every entry it touches).
 from __future__ import annotations
 
 import fcntl
+import os
 from dataclasses import dataclass, field
 
 from unify import probe
@@ -55,6 +56,15 @@ class Protection:
         """Clear every protection flag (also those of another mode, e.g. before --split)."""
         if self.shares_inode:
             probe.change_flags(fd, remove=probe.FS_IMMUTABLE_FL | probe.FS_IXUNLINK_FL, ioctl=self.ioctl)
+
+    def barrier(self, directory) -> None:
+        """Put the VServer chroot barrier on the store root, as vhashify does: a guest that
+        somehow holds a path into the store still cannot walk above it."""
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            probe.change_flags(fd, add=probe.FS_BARRIER_FL, ioctl=self.ioctl)
+        finally:
+            os.close(fd)
 
     def is_protected(self, fd: int) -> bool:
         return not self.flags or probe.get_flags(fd, self.ioctl) & self.flags == self.flags
