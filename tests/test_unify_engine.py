@@ -29,7 +29,8 @@ def test_hardlink_mode_links_identical_files_and_nothing_else(tmp_path, guests):
     # tool + libx in 3 guests; README is a (declared) conffile, /etc and /var are excluded.
     assert (s.linked, s.new_entries, s.duplicates) == (6, 2, 4)
     assert s.conffiles == 6 and s.too_small == 3 and s.special == 3
-    assert s.bytes_saved == 2 * (guests[0] / "usr/bin/tool").stat().st_size + 2 * (guests[0] / "usr/lib/libx.so.1").stat().st_size
+    sizes = [(guests[0] / rel).stat().st_size for rel in ("usr/bin/tool", "usr/lib/libx.so.1")]
+    assert s.bytes_saved == 2 * sum(sizes)
     for rel in ("usr/bin/tool", "usr/lib/libx.so.1"):
         assert len({ino(g / rel) for g in guests}) == 1
         assert (guests[0] / rel).stat().st_nlink == 4  # three guests + the store
@@ -39,7 +40,8 @@ def test_hardlink_mode_links_identical_files_and_nothing_else(tmp_path, guests):
     assert (guests[0] / "usr/bin/link").is_symlink()
     names = Store(store).names()
     assert len(names) == 2
-    assert all(oct((store / "objects").stat().st_mode)[-3:] == "700" for _ in names)
+    for d in (store, store / "objects", *{Store(store).path_of(n).parent for n in names}):
+        assert d.stat().st_mode & 0o777 == 0o700  # guests holding links cannot browse the store
 
 
 def test_metadata_is_part_of_the_key(tmp_path):
@@ -204,3 +206,31 @@ def test_names_already_sharing_an_inode_are_left_alone(tmp_path):
     assert (s.linked, s.new_entries, s.duplicates) == (3, 1, 1)
     assert s.bytes_saved == (h / "usr/bin/perl").stat().st_size
     assert (h / "usr/bin/perl").stat().st_nlink == 4
+
+
+def test_directory_swapped_for_a_symlink_mid_run_is_not_followed(tmp_path, guests):
+    """A guest replaces usr/bin by a symlink to a host directory between hashing and linking."""
+    from imagefactory.progress import Progress
+    from unify.engine import Summary, Unifier
+    from unify.protect import Protection
+
+    host = tmp_path / "host"
+    victim = write(host / "tool", (guests[0] / "usr/bin/tool").read_bytes(), 0o755)
+    os.utime(victim, ns=((guests[0] / "usr/bin/tool").stat().st_mtime_ns,) * 2)
+    store = Store(tmp_path / "store")
+    store.create("hardlink")
+    summary = Summary("hardlink", "test", False, str(store.root))
+    u = Unifier(guests, store, Protection("hardlink"), summary, dry_run=False, ignore_mtime=False,
+                min_size=16, exclude_file=None, progress=Progress(quiet=True))
+    try:
+        records, linkable, _ = u.scan()
+        os.rename(guests[1] / "usr/bin", guests[1] / "usr/bin.real")
+        (guests[1] / "usr/bin").symlink_to(host)
+        names = store.names()
+        u.create_entries(linkable, names)
+        u.link_all(linkable, names, records)
+    finally:
+        u.close()
+    assert victim.stat().st_nlink == 1 and sorted(p.name for p in host.iterdir()) == ["tool"]
+    assert summary.changed >= 1
+    assert (guests[0] / "usr/bin/tool").stat().st_nlink == 3  # g0 and g2 still unified

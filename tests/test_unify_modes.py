@@ -57,6 +57,11 @@ def test_vserver_mode_sets_immutable_and_ixunlink_on_every_entry(tmp_path):
     assert {kernel.flags.get(e.ino) for e in Store(store).entries()} == {VS}
     checked, problems = maintain.verify(store, ioctl=kernel)
     assert checked == 2 and problems == []
+    # A run killed between lifting and restoring the flags, after linking every guest: the next
+    # run, with nothing left to link, still restores them.
+    kernel.flags[entries[0].ino] = 0
+    assert unify([*guests, g3], store, mode="vserver", ioctl=kernel).already_unified == 8
+    assert kernel.flags[entries[0].ino] == VS
     kernel.flags[entries[0].ino] = probe.FS_IMMUTABLE_FL  # IXUNLINK lost
     assert [p.problem for p in maintain.verify(store, ioctl=kernel)[1]] == ["not protected (vserver flags missing)"]
 

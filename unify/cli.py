@@ -62,7 +62,8 @@ def summary_lines(s: engine.Summary) -> list[str]:
 @click.option("--status", "action", flag_value="status", help="Show store size, entries, links and orphans.")
 @click.option("--verify", "action", flag_value="verify", help="Re-hash every entry; exit 3 if any no longer matches.")
 @click.option("--gc", "action", flag_value="gc", help="Remove entries no guest uses any more (honours -n).")
-@click.option("--split", "action", flag_value="split", help="Give the GUEST_ROOTs private copies again and drop them from the store.")
+@click.option("--split", "action", flag_value="split",
+              help="Give the GUEST_ROOTs private copies again and drop them from the store.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 @click.option("-v", "--verbose", is_flag=True, help="List every file linked (with -n: that would be linked).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")

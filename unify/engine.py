@@ -85,6 +85,9 @@ def resolve_mode(mode: str, store_dir: Path, dry_run: bool) -> tuple[str | None,
     return result.auto_mode, result.reason
 
 
+MAX_WARNINGS = 20
+
+
 class _DirCache:
     """The directory fd of the last file touched (work is sorted by path, so it is mostly reused)."""
 
@@ -166,6 +169,7 @@ class Unifier:
         self.root_fds: list[int] = []
         self.old_records: list[dict] = []
         self.merged: set[tuple[int, int]] = set()  # guest inodes replaced in the current group
+        self.warned = 0
         self.buf = bytearray(CHUNK)
 
     # -- phase 2: walk and hash --------------------------------------------------------------
@@ -327,8 +331,8 @@ class Unifier:
                         break
         finally:
             dirs.close()
-        if new:
-            _syncfs(self.store.objects)  # entry data on disk before any guest depends on it
+        if linkable:  # entry data on disk before any guest depends on it (also entries an
+            _syncfs(self.store.objects)  # earlier, killed run created but never flushed)
         return created, blocks
 
     def _create_entry(self, name: str, ref: FileRef, dirs: _DirCache) -> bool:
@@ -420,12 +424,13 @@ class Unifier:
                 return
             if not same_content(gfd, efd):
                 self.s.collisions += 1
-                self.s.warnings.append(f"XXH3 collision or concurrent change, left private: {self.roots[ref.guest]}/{ref.rel}")
+                self._warn(f"XXH3 collision or concurrent change, left private: {self.roots[ref.guest]}/{ref.rel}")
                 return
             if self.prot.shares_inode:
                 os.link(path, tmp, dst_dir_fd=dfd, follow_symlinks=False)
             else:
-                tfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                tfd = os.open(tmp, flags, 0o600, dir_fd=dfd)
                 try:
                     probe.clone_file(tfd, efd)
                     apply_meta(tfd, gst, read_xattrs(gfd))
@@ -442,7 +447,7 @@ class Unifier:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dfd)
             self.s.failed += 1
-            self.s.warnings.append(f"{self.roots[ref.guest]}/{ref.rel}: {exc.strerror}")
+            self._warn(f"{self.roots[ref.guest]}/{ref.rel}: {exc.strerror}")
             return
         finally:
             os.close(gfd)
@@ -452,6 +457,14 @@ class Unifier:
         if self.s.listing is not None:
             self.s.listing.append([str(self.roots[ref.guest] / ref.rel), name, ref.st.st_size])
         self.merged.add((ref.st.st_dev, ref.st.st_ino))
+
+    def _warn(self, text: str) -> None:
+        """Keep the first MAX_WARNINGS file warnings; the counters hold the totals."""
+        self.warned += 1
+        if self.warned <= MAX_WARNINGS:
+            self.s.warnings.append(text)
+        elif self.warned == MAX_WARNINGS + 1:
+            self.s.warnings.append("further per-file warnings suppressed (see the counters)")
 
     def reprotect(self, names: set[str]) -> None:
         """Re-assert the flags on entries this run did not link to (a run killed between lifting
@@ -475,6 +488,22 @@ class Unifier:
         for fd in self.root_fds:
             os.close(fd)
         self.root_fds.clear()
+
+
+def _estimate(summary: Summary, linkable: dict[str, list[FileRef]], store_names: set[str], roots) -> None:
+    """What a real run would link and save (counted the way link_all counts what it did)."""
+    for name, refs in linkable.items():
+        summary.linked += len(refs)
+        if summary.listing is not None:
+            summary.listing += [[str(roots[r.guest] / r.rel), name, r.st.st_size] for r in refs]
+        inodes = len({(r.st.st_dev, r.st.st_ino) for r in refs})
+        summary.duplicates += inodes
+        summary.bytes_saved += refs[0].st.st_size * inodes
+        summary.disk_saved += refs[0].st.st_blocks * 512 * inodes
+        if name not in store_names:
+            summary.new_entries += 1
+            summary.bytes_saved -= refs[0].st.st_size
+            summary.disk_saved -= refs[0].st.st_blocks * 512
 
 
 def unify(
@@ -538,25 +567,15 @@ def _unify(roots, store, mode, dry_run, ignore_mtime, min_size, exclude_file, pr
         store_dev = os.stat(store_obj.root).st_dev
         for r in roots:
             if os.stat(r).st_dev != store_dev and not dry_run:
-                raise EnvironmentProblem(f"{r} is not on the store's filesystem ({store_obj.root}); links and reflinks cannot cross filesystems")
+                raise EnvironmentProblem(f"{r} is not on the store's filesystem ({store_obj.root}); "
+                                         "links and reflinks cannot cross filesystems")
         u = Unifier(roots, store_obj, prot, summary, dry_run=dry_run, ignore_mtime=ignore_mtime,
                     min_size=min_size, exclude_file=exclude_file, progress=progress)
         try:
             records, linkable, in_use = u.scan()
             store_names = store_obj.names()
             if dry_run:
-                for name, refs in linkable.items():
-                    summary.linked += len(refs)
-                    if summary.listing is not None:
-                        summary.listing += [[str(u.roots[r.guest] / r.rel), name, r.st.st_size] for r in refs]
-                    inodes = len({(r.st.st_dev, r.st.st_ino) for r in refs})
-                    summary.duplicates += inodes
-                    summary.bytes_saved += refs[0].st.st_size * inodes
-                    summary.disk_saved += refs[0].st.st_blocks * 512 * inodes
-                    if name not in store_names:
-                        summary.new_entries += 1
-                        summary.bytes_saved -= refs[0].st.st_size
-                        summary.disk_saved -= refs[0].st.st_blocks * 512
+                _estimate(summary, linkable, store_names, u.roots)
             else:
                 progress.stage(f"creating store entries ({chosen} mode)")
                 created, created_blocks = u.create_entries(linkable, store_names)

@@ -101,7 +101,8 @@ def verify(store_dir: Path, ioctl=None, progress=None) -> tuple[int, list[Proble
                 problems.append(Problem(e.name, f"content changed (now {length} bytes, xxh3-128 {digest})"))
             keys = {meta_of(st, xattrs, ignore).key() for ignore in (False, True)}
             if e.metakey not in keys:
-                problems.append(Problem(e.name, f"metadata changed (mode {st.st_mode:o}, owner {st.st_uid}:{st.st_gid})"))
+                now = f"mode {st.st_mode:o}, owner {st.st_uid}:{st.st_gid}"
+                problems.append(Problem(e.name, f"metadata changed ({now})"))
             if prot and not prot.is_protected(fd):
                 problems.append(Problem(e.name, f"not protected ({mode} flags missing)"))
         finally:

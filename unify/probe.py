@@ -178,7 +178,8 @@ def decide_auto(vserver: bool, ixunlink: bool, immutable: bool, reflink: bool, f
         why = "VServer kernel found but IXUNLINK refused here; " if vserver else ""
         return "reflink", f"{why}{fs} supports FICLONE: copy-on-write sharing, no shared inode"
     if vserver:
-        return None, f"VServer kernel found but IMMUTABLE/IXUNLINK cannot be set on {fs} (need CAP_LINUX_IMMUTABLE?) and no reflink"
+        return None, (f"VServer kernel found but IMMUTABLE/IXUNLINK cannot be set on {fs} "
+                      "(need CAP_LINUX_IMMUTABLE?) and no reflink")
     return None, (
         f"no VServer kernel (/proc/virtual/info missing) and {fs} has no reflink support; "
         "choose --mode immutable (in-guest updates of unified files fail) or --mode hardlink "
