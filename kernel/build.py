@@ -91,7 +91,6 @@ class BuildResult:
     manifest_path: Path
     packages: list[Path]
     cached: bool
-    build_dir: Path
 
 
 def _cached_manifest(build_dir: Path) -> dict | None:
@@ -214,7 +213,7 @@ def build(inputs: BuildInputs, out_dir: Path, cache_root: Path = DEFAULT_CACHE, 
             check_tools(recipe.formats)
             manifest = _build(inputs, build_dir, jobs or os.cpu_count() or 1, progress)
         packages = _publish(build_dir, manifest, out_dir)
-    return BuildResult(manifest, out_dir / MANIFEST, packages, cached, build_dir)
+    return BuildResult(manifest, out_dir / MANIFEST, packages, cached)
 
 
 def _build(inputs: BuildInputs, build_dir: Path, jobs: int, progress: Progress) -> dict:
@@ -227,7 +226,11 @@ def _build(inputs: BuildInputs, build_dir: Path, jobs: int, progress: Progress) 
         tree = _unpack(steps, inputs, build_dir)
         for name, path, _sha in inputs.patches:
             progress.stage(f"kernel: patch {name}")
-            apply_patch(tree, name, path, steps.log)
+            try:
+                apply_patch(tree, name, path, steps.log)
+            except RecipeError as exc:
+                steps.fail(f"patch {name}", str(exc))
+                raise RecipeError(f"{exc}; log kept: {steps.log_path}") from None
         _configure(steps, inputs, tree, env)
         targets = [f"{f.replace('deb', 'bindeb').replace('rpm', 'binrpm')}-pkg" for f in recipe.formats]
         argv = ["make", f"-j{jobs}", *targets]

@@ -33,7 +33,7 @@ EXPECTED_RULES = (
     "write_via_link_denied", "rename_over_allowed", "link_again", "rename_allowed", "unlink_allowed",
     "store_unchanged_after_name_changes", "unify_link_protocol", "link_for_update_demo",
     "set_immutable_only", "immutable_only_unlink_denied", "immutable_only_link_denied",
-    "immutable_only_rename_over_denied", "drop_capability", "clear_flags_denied_without_cap",
+    "immutable_only_rename_over_denied", "set_dir_flags", "dir_rmdir_denied", "dir_rename_denied", "drop_capability", "clear_flags_denied_without_cap",
     "clear_ixunlink_denied_without_cap", "set_ixunlink_denied_without_cap", "flags_unchanged_without_cap",
     "write_denied_without_cap", "guest_update_rename_over_without_cap", "guest_update_content",
     "unlink_allowed_without_cap", "unprivileged_child", "store_unchanged_after_guest_update",

@@ -9,6 +9,7 @@ the same step runner on tiny fake source trees to check failure reporting.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -117,6 +118,7 @@ def test_real_build_of_shipped_recipe_then_cache_noop(tmp_path):
     second = run()
     assert second["cached"] is True and second["packages"] == first["packages"]
     assert (build_dir / "build.log").stat().st_size == log_size  # nothing was rebuilt
+    shutil.rmtree(cache)  # ~1.5 GB of build tree; pytest would keep it around
 
 
 @pytest.mark.slow

@@ -66,7 +66,7 @@ def test_project_patches_measured(tmp_path):
     assert len(stats) == 2
     t = total(stats)
     assert t.files == 6 and t.new_files == 0 and t.hunks == 12
-    assert (t.added, t.removed) == (21, 8)
+    assert (t.added, t.removed) == (25, 8)
     table = format_table(stats)
     assert table.splitlines()[0].split() == ["patch", "files", "new", "removed", "hunks", "+lines", "-lines"]
     assert table.splitlines()[-1].split()[0] == "total"

@@ -235,6 +235,14 @@ static void run_rules(void)
 	write_file("replacement2", "x\n");
 	expect_eperm("immutable_only_rename_over_denied", rename("replacement2", "immutable-only"));
 
+	/* IXUNLINK never frees a directory's names (moving it would rewrite its ".."). */
+	mkdir("dir", 0755);
+	mkdir("dir/sub", 0755);
+	expect_ok("set_dir_flags", set_flags("dir/sub", PROTECTED));
+	expect_eperm("dir_rmdir_denied", rmdir("dir/sub"));
+	expect_eperm("dir_rename_denied", rename("dir/sub", "moved-dir"));
+	set_flags("dir/sub", 0);
+
 	child = fork();
 	if (child == 0) {
 		passed = failed = 0;
