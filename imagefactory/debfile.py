@@ -119,4 +119,7 @@ def extract_data(deb: Path, root: Path, exclude: tuple[str, ...] = ()) -> None:
                 if target.is_dir() and not target.is_symlink():
                     continue
                 target.unlink()
-            tar.extract(m, root, set_attrs=not m.issym(), numeric_owner=True, filter="fully_trusted")
+            try:
+                tar.extract(m, root, set_attrs=not m.issym(), numeric_owner=True, filter="fully_trusted")
+            except FileExistsError:  # a parallel extraction created a parent directory meanwhile
+                tar.extract(m, root, set_attrs=not m.issym(), numeric_owner=True, filter="fully_trusted")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from imagefactory import chroot
@@ -64,14 +64,14 @@ def finish_root(root: Path) -> None:
 
 def extract_essential(pkgs: list[Package], files: dict[str, Path], root: Path,
                       exclude: tuple[str, ...], progress: Progress) -> None:
-    """Unpack the essential set (decompression runs in parallel; lzma/zstd drop the GIL)."""
+    """Unpack the essential set, in parallel processes (tar parsing is CPU-bound Python)."""
     progress.stage(f"extract: {len(pkgs)} essential packages")
     # base-files first: it owns the top-level layout (and, on new suites, the /usr symlinks).
     ordered = sorted(pkgs, key=lambda p: (p.name != "base-files", p.name))
     first, rest = ordered[:1], ordered[1:]
     for p in first:
         extract_data(files[p.name], root, exclude)
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         for f in [pool.submit(extract_data, files[p.name], root, exclude) for p in rest]:
             f.result()
 
