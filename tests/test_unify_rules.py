@@ -27,6 +27,9 @@ def test_parse_vci_of_nothing_is_empty():
 
 def test_auto_mode_policy():
     assert probe.decide_auto(True, True, True, True, "ext4")[0] == "vserver"
+    # the project's own 6.1 IXUNLINK patch: no /proc/virtual/info, but the flag sticks
+    assert probe.decide_auto(False, True, True, False, "ext4") == (
+        "vserver", "kernel with the IXUNLINK patch: IMMUTABLE+IXUNLINK protect shared inodes and still allow updates")
     assert probe.decide_auto(False, False, True, True, "xfs")[0] == "reflink"
     assert probe.decide_auto(True, False, True, True, "xfs")[0] == "reflink"
     mode, reason = probe.decide_auto(False, False, True, False, "ext4")

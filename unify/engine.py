@@ -562,8 +562,8 @@ def _unify(roots, store, mode, dry_run, ignore_mtime, min_size, exclude_file, pr
         if chosen and not dry_run:
             store_obj.set_mode(chosen)
             summary.temp_removed += store_obj.clean_tmp()
-            if chosen == "vserver":
-                prot.barrier(store_obj.root)
+            if chosen == "vserver" and not prot.barrier(store_obj.root):
+                summary.warnings.append("the kernel has no chroot barrier flag; the store root is not barriered")
         store_dev = os.stat(store_obj.root).st_dev
         for r in roots:
             if os.stat(r).st_dev != store_dev and not dry_run:

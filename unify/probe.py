@@ -171,9 +171,13 @@ def _try_reflink(directory: Path) -> bool:
 
 
 def decide_auto(vserver: bool, ixunlink: bool, immutable: bool, reflink: bool, fs: str) -> tuple[str | None, str]:
-    """Pure policy for --mode auto: vserver, else reflink, else refuse (with the reason)."""
-    if vserver and ixunlink and immutable:
-        return "vserver", "VServer kernel: IMMUTABLE+IXUNLINK protect shared inodes and still allow updates"
+    """Pure policy for --mode auto: vserver, else reflink, else refuse (with the reason).
+
+    What vserver mode needs is IXUNLINK that really sticks, so a kernel with the
+    project's own IXUNLINK patch (no /proc/virtual/info) qualifies as well."""
+    if ixunlink and immutable:
+        kernel = "VServer kernel" if vserver else "kernel with the IXUNLINK patch"
+        return "vserver", f"{kernel}: IMMUTABLE+IXUNLINK protect shared inodes and still allow updates"
     if reflink:
         why = "VServer kernel found but IXUNLINK refused here; " if vserver else ""
         return "reflink", f"{why}{fs} supports FICLONE: copy-on-write sharing, no shared inode"

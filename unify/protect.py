@@ -16,6 +16,7 @@ re-asserts them on every entry it touches).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from dataclasses import dataclass, field
@@ -57,12 +58,18 @@ class Protection:
         if self.shares_inode:
             probe.change_flags(fd, remove=probe.FS_IMMUTABLE_FL | probe.FS_IXUNLINK_FL, ioctl=self.ioctl)
 
-    def barrier(self, directory) -> None:
+    def barrier(self, directory) -> bool:
         """Put the VServer chroot barrier on the store root, as vhashify does: a guest that
-        somehow holds a path into the store still cannot walk above it."""
+        somehow holds a path into the store still cannot walk above it. False where the
+        kernel has IXUNLINK but no barrier (our own 6.1 patch provides only IXUNLINK)."""
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             probe.change_flags(fd, add=probe.FS_BARRIER_FL, ioctl=self.ioctl)
+            return True
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL):
+                return False
+            raise
         finally:
             os.close(fd)
 
