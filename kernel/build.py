@@ -232,14 +232,16 @@ def _build(inputs: BuildInputs, build_dir: Path, jobs: int, progress: Progress) 
                 steps.fail(f"patch {name}", str(exc))
                 raise RecipeError(f"{exc}; log kept: {steps.log_path}") from None
         _configure(steps, inputs, tree, env)
-        targets = [f"{f.replace('deb', 'bindeb').replace('rpm', 'binrpm')}-pkg" for f in recipe.formats]
-        argv = ["make", f"-j{jobs}", *targets]
-        if "rpm" in recipe.formats:
-            argv.append(f'RPMOPTS=--define "_topdir {build_dir / "rpmbuild"}"')
-        steps.run(f"make {' '.join(targets)}", argv, tree, env)
+        # One package target per make run: two in one `make -j` race on the shared build (objtool).
+        for fmt in recipe.formats:
+            target = {"deb": "bindeb-pkg", "rpm": "binrpm-pkg"}[fmt]
+            argv = ["make", f"-j{jobs}", target]
+            if fmt == "rpm":
+                argv.append(f'RPMOPTS=--define "_topdir {build_dir / "rpmbuild"}"')
+            steps.run(f"make {target}", argv, tree, env)
         release = (tree / "include/config/kernel.release").read_text().strip()
         files = _package_files(build_dir, recipe.formats)
-        if not any(f.name.startswith("linux-image-") or f.name.startswith("kernel-") for f in files):
+        if not any(re.match(r"linux-image-|kernel-\d", f.name) for f in files):
             raise steps.fail("collect packages", "the build produced no kernel image package")
         manifest = _manifest(inputs, tree, release, files, build_dir)
     finally:
