@@ -86,7 +86,7 @@ def build(recipe: Recipe, out_dir: Path, opts: BuildOptions, progress: Progress,
         backend.configure(the_plan, rootfs, progress)
         progress.stage("image: writing reproducible tar.zst")
         when = epoch if epoch is not None else int(os.environ.get("SOURCE_DATE_EPOCH", the_plan.snapshot_epoch))
-        sha, size, stats = write_image(rootfs, image_stage, when)
+        sha, size, stats = write_image(rootfs, image_stage, when, level=opts.zstd_level)
         doc = manifest.build_manifest(the_plan, image_final.name, sha, size, stats, time.monotonic() - started)
         # Commit: rootfs, then image, then the manifest that says both are complete.
         manifest_final.unlink(missing_ok=True)

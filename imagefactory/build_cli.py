@@ -26,11 +26,13 @@ DEFAULT_CACHE = Path(os.environ.get("IMAGEFACTORY_CACHE", "/var/cache/imagefacto
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=DEFAULT_CACHE, show_default=True,
               help="Shared content-addressed package cache ($IMAGEFACTORY_CACHE).")
 @click.option("-j", "--jobs", default=8, show_default=True, help="Parallel downloads.")
+@click.option("--zstd-level", type=click.IntRange(1, 19), default=3, show_default=True,
+              help="Image compression level (higher: smaller image, slower build).")
 @click.option("--dry-run", is_flag=True, help="Verify and resolve only: print the package set and download size.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (the plan or the manifest).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def build(recipe: str, out_dir: Path, mirror: str | None, allow_expired_release: bool, cache_dir: Path,
-          jobs: int, dry_run: bool, as_json: bool, quiet: bool) -> None:
+          jobs: int, zstd_level: int, dry_run: bool, as_json: bool, quiet: bool) -> None:
     """Build a guest from RECIPE (a name from recipes/ or a .toml path).
 
     Fetches and verifies the archive metadata, resolves the package set,
@@ -39,7 +41,8 @@ def build(recipe: str, out_dir: Path, mirror: str | None, allow_expired_release:
     tar.zst image plus a manifest. Needs root.
     """
     r = recipes_mod.load(recipe)
-    opts = BuildOptions(mirror=mirror, allow_expired_release=allow_expired_release, cache_dir=cache_dir, jobs=jobs)
+    opts = BuildOptions(mirror=mirror, allow_expired_release=allow_expired_release, cache_dir=cache_dir, jobs=jobs,
+                        zstd_level=zstd_level)
     progress = Progress(quiet=quiet)
     if dry_run:
         _, plan = pipeline.plan(r, opts, progress)

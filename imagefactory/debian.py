@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -109,14 +110,21 @@ class DebianBackend:
                  progress: Progress) -> tuple[set[str], list[Package]]:
         """Fetch + verify the indices and resolve: (essential closure, full selection)."""
         packages: list[Package] = []
+        names = []
         for comp in recipe.components:
             if rel.components and comp not in rel.components:
                 raise RecipeError(f"{recipe.source}: key 'components': {comp!r} is not in {recipe.suite}")
-            for name in index_names(rel, comp, recipe.architecture):
-                f = rel.files[name]
-                path = fetch.cached_fetch(index_url(mirror, recipe.suite, rel, name), f.sha256, f.size,
-                                          opts.cache_dir)
-                packages += load_index(path, name)
+            names += index_names(rel, comp, recipe.architecture)
+
+        def one(name: str) -> list[Package]:
+            f = rel.files[name]
+            path = fetch.cached_fetch(index_url(mirror, recipe.suite, rel, name), f.sha256, f.size, opts.cache_dir)
+            return load_index(path, name)
+
+        # Downloads and lzma decompression overlap (both release the GIL).
+        with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+            for result in pool.map(one, names):
+                packages += result
         progress.stage(f"resolve: {len(packages)} packages in the index, variant {recipe.variant}")
         universe = Universe(packages, recipe.architecture)
         where = f"{recipe.suite} {'/'.join(recipe.components)} {recipe.architecture}"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import zstandard
 
-LEVEL = 6
+LEVEL = 3  # zstd's default: ~6% larger than 6 at half the time on a 2-core host
 
 
 @dataclass
@@ -80,11 +80,12 @@ def _xattrs(path: bytes) -> dict[str, str]:
     return out
 
 
-def write_image(root: Path, target: Path, epoch: int, threads: int = -1) -> tuple[str, int, TreeStats]:
+def write_image(root: Path, target: Path, epoch: int, threads: int = -1,
+                level: int = LEVEL) -> tuple[str, int, TreeStats]:
     """Write root as a reproducible tar.zst at target; returns (sha256, size, stats)."""
     stats = TreeStats()
     seen: dict[tuple[int, int], str] = {}
-    cctx = zstandard.ZstdCompressor(level=LEVEL, threads=threads)
+    cctx = zstandard.ZstdCompressor(level=level, threads=threads)
     rootb = os.fsencode(root)
     with open(target, "wb") as raw:
         hw = _HashingWriter(raw)

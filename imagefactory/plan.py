@@ -51,6 +51,7 @@ class BuildOptions:
     allow_expired_release: bool = False
     cache_dir: Path = Path("/var/cache/imagefactory")
     jobs: int = 8  # parallel downloads
+    zstd_level: int = 3
 
 
 class Backend(Protocol):

@@ -1,7 +1,7 @@
 """Boot the patched kernel under qemu and check the IXUNLINK rules inside it.
 
 The kernel under test is the one from the recipe's linux-image .deb (what we
-ship), not a side build. The VM gets a two-file initramfs (the static test
+ship), not a side build. The VM gets a tiny initramfs (the static test
 program as /init, plus /dev/console) and a fresh ext4 disk made on the host;
 the program prints one line per rule on the serial console, and the host
 parses them, then reads the flags the VM left on disk with debugfs.
