@@ -57,6 +57,11 @@ def index_url(mirror: str, suite: str, rel: Release, name: str) -> str:
     return f"{mirror}/dists/{suite}/{name}"
 
 
+def _fetch_index(url: str, sha256: str, size: int, cache_dir: Path, name: str) -> list[Package]:
+    """Download (verified) and parse one Packages index."""
+    return load_index(fetch.cached_fetch(url, sha256, size, cache_dir), name)
+
+
 def _load_memo(path: Path):
     try:
         with path.open("rb") as f:
@@ -116,14 +121,11 @@ class DebianBackend:
                 raise RecipeError(f"{recipe.source}: key 'components': {comp!r} is not in {recipe.suite}")
             names += index_names(rel, comp, recipe.architecture)
 
-        def one(name: str) -> list[Package]:
-            f = rel.files[name]
-            path = fetch.cached_fetch(index_url(mirror, recipe.suite, rel, name), f.sha256, f.size, opts.cache_dir)
-            return load_index(path, name)
-
-        # Downloads and lzma decompression overlap (both release the GIL).
-        with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
-            for result in pool.map(one, names):
+        # Downloads and lzma decompression of the indices overlap (both release the GIL).
+        jobs = [(index_url(mirror, recipe.suite, rel, n), rel.files[n].sha256, rel.files[n].size,
+                 opts.cache_dir, n) for n in names]
+        with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
+            for result in pool.map(_fetch_index, *zip(*jobs)):
                 packages += result
         progress.stage(f"resolve: {len(packages)} packages in the index, variant {recipe.variant}")
         universe = Universe(packages, recipe.architecture)

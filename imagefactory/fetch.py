@@ -38,6 +38,7 @@ class _Connections:
     round trip per package; apt does the same with pipelining)."""
 
     def __init__(self) -> None:
+        self.pid = os.getpid()
         self.conns: dict[tuple[str, str], http.client.HTTPConnection] = {}
 
     def get(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
@@ -63,8 +64,9 @@ def _open(url: str):
             raise FetchError(f"cannot read {url}: {exc.strerror}") from None
     if parts.scheme not in ("http", "https"):
         raise FetchError(f"unsupported URL scheme in {url}")
-    pool = getattr(_local, "pool", None) or _Connections()
-    _local.pool = pool
+    pool = getattr(_local, "pool", None)
+    if pool is None or pool.pid != os.getpid():  # a forked worker must not share the parent's sockets
+        pool = _local.pool = _Connections()
     path = parts.path + (f"?{parts.query}" if parts.query else "")
     for attempt in (1, 2):  # a kept-alive connection may have been closed by the server
         conn = pool.get(parts.scheme, parts.netloc)

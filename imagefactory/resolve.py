@@ -130,7 +130,7 @@ class Universe:
                 if cur is None:
                     _split(p.version)
                     self.candidates[p.name] = p
-                elif compare_versions(p.version, cur.version) > 0:
+                elif p.version != cur.version and compare_versions(p.version, cur.version) > 0:
                     self.candidates[p.name] = p
             except ValueError:
                 self.invalid.append(p)
