@@ -21,11 +21,8 @@ USR_SRC = Path("/usr/src")
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _verify(path: Path, expected: str | None, what: str) -> str:
