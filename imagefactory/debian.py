@@ -57,16 +57,20 @@ def index_url(mirror: str, suite: str, rel: Release, name: str) -> str:
     return f"{mirror}/dists/{suite}/{name}"
 
 
+MEMO_FORMAT = 2  # bump when the memoized records change shape
+
+
 def _fetch_index(url: str, sha256: str, size: int, cache_dir: Path, name: str) -> list[Package]:
     """Download (verified) and parse one Packages index."""
     return load_index(fetch.cached_fetch(url, sha256, size, cache_dir), name)
 
 
 def _load_memo(path: Path):
+    """A memoized resolution, or None if absent or unreadable (it is then recomputed)."""
     try:
         with path.open("rb") as f:
             return pickle.load(f)
-    except (OSError, pickle.PickleError, EOFError):
+    except Exception:  # missing, truncated, or written by another version of the records
         return None
 
 
@@ -95,7 +99,7 @@ class DebianBackend:
         rel = parse_release(text)
         check_valid_until(rel, datetime.now(timezone.utc), opts.allow_expired_release)
         # The resolution is a pure function of the signed Release and the recipe: memoize it.
-        memo_key = hashlib.sha256(text.encode() + recipe.digest.encode()).hexdigest()
+        memo_key = hashlib.sha256(f"{MEMO_FORMAT}\n{recipe.digest}\n{text}".encode()).hexdigest()
         memo = opts.cache_dir / "plans" / memo_key
         cached = _load_memo(memo)
         if cached is not None:
