@@ -201,3 +201,18 @@ def test_malformed_stanza_is_an_error():
 
     with pytest.raises(VerificationError, match="malformed stanza for package 'x'"):
         parse_packages("Package: x\nVersion: 1\n")
+
+
+def test_unreadable_resolution_memo_is_ignored(tmp_path):
+    import pickle
+
+    from imagefactory.debian import _load_memo, _save_memo
+
+    memo = tmp_path / "plans" / "k"
+    _save_memo(memo, ({"a"}, []))
+    assert _load_memo(memo) == ({"a"}, [])
+    memo.write_bytes(b"garbage")
+    assert _load_memo(memo) is None
+    # a pickle of records that no longer construct (an older record layout)
+    memo.write_bytes(pickle.dumps(ValueError("x"))[:-3])
+    assert _load_memo(memo) is None
