@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import subprocess
 from collections.abc import Iterator, Sequence
@@ -30,6 +31,8 @@ SECURE_DEV = {
     "ptmx": ("c", 5, 2, 0o666),
 }
 DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "fd/0", "stdout": "fd/1", "stderr": "fd/2"}
+
+_ERROR_LINE = re.compile(r"^(dpkg: error|dpkg: dependency problems|E: )|error processing|\b(failed|Error)\b")
 
 CHROOT_ENV = {
     "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
@@ -130,8 +133,10 @@ def run(root: Path, argv: Sequence[str], env: dict[str, str] | None = None, what
     )
     if proc.returncode != 0:
         lines = [ln.strip() for ln in proc.stdout.strip().splitlines() if ln.strip()]
-        # dpkg ends with a list of the failed packages; the cause is the first error line.
-        cause = [ln for ln in lines if "error" in ln.lower() or "failed" in ln.lower()][:2] or lines[-2:]
+        # dpkg ends with a list of the failed packages; the cause is the first error
+        # line and the line after it (dpkg puts the reason on its own line).
+        first = next((i for i, ln in enumerate(lines) if _ERROR_LINE.search(ln)), None)
+        cause = lines[first:first + 2] if first is not None else lines[-2:]
         tail = " | ".join(cause)
         raise ImageFactoryError(f"{what or argv[0]} failed in the guest (exit {proc.returncode}): {tail}")
     return proc.stdout

@@ -108,7 +108,7 @@ def install(root: Path, packages: list[Package], essential_names: set[str], file
         try:
             progress.stage(f"dpkg: installing {len(essential)} essential packages")
             dpkg_install(root, [files[p.name] for p in essential], cache_dir, env, True, "dpkg (essential set)")
-            rounds = install_rounds(others, {p.name for p in essential}, arch)
+            rounds = install_rounds(others, essential, arch)
             for i, batch in enumerate(rounds, 1):
                 progress.stage(f"dpkg: installing {len(batch)} packages (round {i}/{len(rounds)})")
                 dpkg_install(root, [files[p.name] for p in batch], cache_dir, env, False, f"dpkg (round {i})")

@@ -212,28 +212,43 @@ def resolve(universe: Universe, requested: list[str], where: str = "the archive"
     return list(chosen.values())
 
 
-def install_rounds(packages: list[Package], preinstalled: set[str], arch: str) -> list[list[Package]]:
-    """Split packages into dpkg --install rounds so each round's Pre-Depends
-    are configured by an earlier round (dpkg refuses otherwise)."""
-    provided: dict[str, str] = {}
-    for p in packages:
-        provided[p.name] = p.name
+def install_rounds(packages: list[Package], installed: list[Package], arch: str) -> list[list[Package]]:
+    """Split packages into `dpkg --install` rounds. dpkg unpacks a package only
+    when its Pre-Depends are already configured, and configures it only when
+    its Depends are at least unpacked, so a package's round is the least
+    fixed point of: after the rounds of its Pre-Depends, no earlier than the
+    rounds of its Depends (for an alternative, the earliest candidate in the
+    plan counts; a group nothing in the plan satisfies is left to dpkg)."""
+    providers: dict[str, set[str]] = {}
+    for p in [*installed, *packages]:
+        providers.setdefault(p.name, set()).add(p.name)
         for name, _ in parse_provides(p.provides) if p.provides else ():
-            provided.setdefault(name, p.name)
-    done = set(preinstalled)
-    left = list(packages)
-    rounds = []
-    while left:
-        ready = [
-            p for p in left
-            if all(
-                any(provided.get(r.name, r.name) in done or provided.get(r.name) is None for r in group)
-                for group in parse_relations(p.pre_depends, arch)
-            )
-        ]
-        if not ready:  # a Pre-Depends cycle: let dpkg sort it out in one call
-            ready = left
-        rounds.append(sorted(ready, key=lambda p: p.name))
-        done |= {p.name for p in ready}
-        left = [p for p in left if p.name not in done]
-    return rounds
+            providers.setdefault(name, set()).add(p.name)
+    level = {p.name: -1 for p in installed} | {p.name: 0 for p in packages}
+
+    def earliest(group: tuple[Rel, ...]) -> int | None:
+        cands = set().union(*(providers.get(r.name, set()) for r in group))
+        return min((level[c] for c in cands), default=None)
+
+    limit = len(packages)  # a Pre-Depends cycle cannot push a package further than this
+    for _ in range(limit + 1):
+        changed = False
+        for p in packages:
+            want = 0
+            for group in parse_relations(p.pre_depends, arch):
+                e = earliest(group)
+                if e is not None:
+                    want = max(want, e + 1)
+            for group in parse_relations(p.depends, arch):
+                e = earliest(group)
+                if e is not None:
+                    want = max(want, e)
+            want = min(want, limit)
+            if want != level[p.name]:
+                level[p.name], changed = want, True
+        if not changed:
+            break
+    by_round: dict[int, list[Package]] = {}
+    for p in packages:
+        by_round.setdefault(level[p.name], []).append(p)
+    return [sorted(by_round[k], key=lambda p: p.name) for k in sorted(by_round)]

@@ -191,9 +191,24 @@ def test_unsatisfiable_names_the_chain(universe):
 def test_install_rounds_respect_pre_depends():
     pkgs = parse_packages(INDEX)
     u = Universe(pkgs, "amd64")
-    rounds = install_rounds([u.candidates["dpkg"], u.candidates["libc6"]], set(), "amd64")
+    rounds = install_rounds([u.candidates["dpkg"], u.candidates["libc6"]], [], "amd64")
     assert [[p.name for p in r] for r in rounds] == [["libc6"], ["dpkg"]]
-    assert len(install_rounds([u.candidates["dpkg"]], {"libc6"}, "amd64")) == 1
+    assert len(install_rounds([u.candidates["dpkg"]], [u.candidates["libc6"]], "amd64")) == 1
+
+
+def test_install_rounds_pre_depends_alternatives_and_virtuals():
+    # Debian's `init`: Pre-Depends: systemd-sysv | sysvinit-core; only systemd-sysv is in the plan,
+    # and it pre-depends (virtually) on an awk that an installed package provides.
+    pkgs = parse_packages(
+        "Package: init\nVersion: 1\nArchitecture: amd64\nPre-Depends: systemd-sysv | sysvinit-core\n"
+        "Filename: a\nSize: 1\nSHA256: 0\n\n"
+        "Package: systemd-sysv\nVersion: 1\nArchitecture: amd64\nPre-Depends: awk\n"
+        "Filename: b\nSize: 1\nSHA256: 0\n\n"
+        "Package: mawk\nVersion: 1\nArchitecture: amd64\nProvides: awk\nFilename: c\nSize: 1\nSHA256: 0\n"
+    )
+    init, sysv, mawk = pkgs
+    rounds = install_rounds([init, sysv], [mawk], "amd64")
+    assert [[p.name for p in r] for r in rounds] == [["systemd-sysv"], ["init"]]
 
 
 def test_malformed_stanza_is_an_error():
@@ -216,3 +231,17 @@ def test_unreadable_resolution_memo_is_ignored(tmp_path):
     # a pickle of records that no longer construct (an older record layout)
     memo.write_bytes(pickle.dumps(ValueError("x"))[:-3])
     assert _load_memo(memo) is None
+
+
+def test_install_rounds_keep_dependents_with_their_depends():
+    # apt-listchanges Depends on python3, which must wait a round for its Pre-Depends:
+    # dpkg could not configure apt-listchanges in the earlier round.
+    pkgs = parse_packages(
+        "Package: python3-minimal\nVersion: 1\nArchitecture: amd64\nFilename: a\nSize: 1\nSHA256: 0\n\n"
+        "Package: python3\nVersion: 1\nArchitecture: amd64\nPre-Depends: python3-minimal\n"
+        "Filename: b\nSize: 1\nSHA256: 0\n\n"
+        "Package: apt-listchanges\nVersion: 1\nArchitecture: all\nDepends: python3:any\n"
+        "Filename: c\nSize: 1\nSHA256: 0\n"
+    )
+    rounds = install_rounds(pkgs, [], "amd64")
+    assert [[p.name for p in r] for r in rounds] == [["python3-minimal"], ["apt-listchanges", "python3"]]
