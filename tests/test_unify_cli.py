@@ -7,10 +7,9 @@ import os
 
 import pytest
 
-from unify import probe
-
 from imagefactory.cli import main
 from tests.test_unify_helpers import make_guest, write
+from unify import probe
 from unify.store import Store
 
 
