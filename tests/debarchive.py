@@ -23,7 +23,7 @@ import subprocess
 import threading
 from dataclasses import dataclass, field
 from email.utils import format_datetime
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 ARCH = "amd64"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from imagefactory.chroot import mounts_below
-from tests.debarchive import Deb, base_packages, build_deb, extra_packages, make_archive, make_key, serve, \
+from tests.debarchive import Deb, base_packages, make_archive, make_key, serve, \
     write_packages, write_release
 
 pytestmark = pytest.mark.root

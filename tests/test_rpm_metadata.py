@@ -5,11 +5,9 @@ from __future__ import annotations
 import bz2
 import gzip
 import io
-import lzma
 import shutil
 import subprocess
 import tracemalloc
-from pathlib import Path
 
 import pytest
 import zstandard

@@ -7,14 +7,10 @@ and then each file's checksum makes all metadata as trustworthy as the key.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from pathlib import Path
 
-from imagefactory.errors import EnvironmentProblem, UnsafeInput, VerificationError
+from imagefactory.errors import UnsafeInput, VerificationError
 
 REPO = "{http://linux.duke.edu/metadata/repo}"
 
