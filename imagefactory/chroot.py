@@ -61,6 +61,11 @@ def populate_dev(dev: Path) -> None:
     os.chmod(dev / "shm", 0o1777)
 
 
+def is_inside(path: str, root: str) -> bool:
+    """True if the (already resolved) path is root or below it."""
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
 def safe_mountpoint(root: Path, rel: str) -> Path:
     """root/rel as a real directory inside root (created if missing)."""
     path = root / rel

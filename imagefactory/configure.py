@@ -63,7 +63,7 @@ def customize(root: Path, recipe: Recipe, env: dict[str, str]) -> None:
             rel = step.write.lstrip("/")
             parent = root / os.path.dirname(rel)
             parent.mkdir(parents=True, exist_ok=True)
-            if not os.path.realpath(parent).startswith(os.path.realpath(root)):
+            if not chroot.is_inside(os.path.realpath(parent), os.path.realpath(root)):
                 raise chroot.UnsafeInput(f"customize: {step.write} resolves outside the guest")
             target = root / rel
             if target.is_symlink():

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import zstandard
 
+from imagefactory.chroot import is_inside
 from imagefactory.errors import UnsafeInput, VerificationError
 
 AR_MAGIC = b"!<arch>\n"
@@ -88,6 +89,7 @@ def _excluded(rel: str, patterns: tuple[str, ...]) -> bool:
 def safe_members(tar: tarfile.TarFile, root: Path, origin: str, exclude: tuple[str, ...] = ()):
     """Yield members that are safe to extract into root (raises on hostile ones)."""
     real_root = os.path.realpath(root)
+    checked: set[str] = set()  # parent directories already resolved inside the root
     for m in tar:
         rel = member_path(m.name, origin)
         if not rel:
@@ -98,9 +100,13 @@ def safe_members(tar: tarfile.TarFile, root: Path, origin: str, exclude: tuple[s
             m.linkname = member_path(m.linkname, origin)
         if exclude and _excluded(rel, exclude) and not m.isdir():
             continue
-        parent = os.path.realpath(os.path.join(real_root, os.path.dirname(rel)))
-        if parent != real_root and not parent.startswith(real_root + os.sep):
-            raise UnsafeInput(f"{origin}: member {m.name!r} would be written outside the root via a symlink")
+        parent_rel = os.path.dirname(rel)
+        if parent_rel not in checked:
+            if not is_inside(os.path.realpath(os.path.join(real_root, parent_rel)), real_root):
+                raise UnsafeInput(f"{origin}: member {m.name!r} would be written outside the root via a symlink")
+            checked.add(parent_rel)
+        if m.issym():  # a symlink member may replace a directory resolved earlier
+            checked = {c for c in checked if not is_inside(c, rel)}
         m.name = rel
         yield m
 

@@ -88,6 +88,11 @@ def test_extract_refuses_hostile_members(tmp_path):
         "dev": [(ti("./dev/sda", tarfile.CHRTYPE), None)],
         "via-symlink": [(ti("./lnk", tarfile.SYMTYPE, linkname=str(tmp_path / "outside")), None),
                         (ti("./lnk/evil", size=1), b"x")],
+        # a symlink that first stays inside, then is replaced by one leading out
+        "re-pointed": [(ti("./lnk2", tarfile.SYMTYPE, linkname="usr"), None),
+                       (ti("./lnk2/ok", size=1), b"x"),
+                       (ti("./lnk2", tarfile.SYMTYPE, linkname=str(tmp_path / "outside")), None),
+                       (ti("./lnk2/evil", size=1), b"x")],
     }
     (tmp_path / "outside").mkdir()
     for name, entries in cases.items():

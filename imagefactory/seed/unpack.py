@@ -22,6 +22,7 @@ from typing import BinaryIO
 
 import zstandard
 
+from imagefactory.chroot import is_inside
 from imagefactory.errors import ImageFactoryError, UnsafeInput, VerificationError
 from imagefactory.progress import Progress
 
@@ -73,10 +74,6 @@ def verify(fileobj: BinaryIO, manifest: dict, label: str) -> None:
         raise VerificationError(f"{label}: sha256 {actual} does not match the manifest's {expected['sha256']}")
 
 
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
 class MemberFilter:
     """tarfile extraction filter for guest images (raises UnsafeInput to refuse).
 
@@ -94,7 +91,7 @@ class MemberFilter:
         real = self._dirs.get(rel)
         if real is None:
             real = os.path.realpath(os.path.join(self.root, rel))
-            if not _inside(real, self.root):
+            if not is_inside(real, self.root):
                 raise UnsafeInput(f"image member {name!r}: path leads outside the guest root (through a symlink)")
             self._dirs[rel] = real
         return real
@@ -165,7 +162,7 @@ def _apply_xattrs(root: Path, pending: list[tuple[str, dict[str, bytes]]]) -> No
     real = os.path.realpath(root)
     for name, attrs in pending:
         path = os.path.join(real, name)
-        if not _inside(os.path.realpath(os.path.dirname(path)), real):
+        if not is_inside(os.path.realpath(os.path.dirname(path)), real):
             raise UnsafeInput(f"image member {name!r}: parent left the guest root during unpacking")
         for key, value in attrs.items():
             os.setxattr(path, key, value, follow_symlinks=False)
