@@ -262,11 +262,8 @@ class Unifier:
         try:
             for i, ref in enumerate(refs, 1):
                 self.progress.count("hashing", i, total, " files")
-                try:
-                    dfd = dirs.get(ref.guest, ref.dir_rel)
-                    fd = os.open(ref.name, FILE_FLAGS, dir_fd=dfd)
-                except OSError:
-                    self.s.changed += 1
+                fd = self._open_guest_file(ref, dirs)
+                if fd is None:
                     continue
                 try:
                     st = os.fstat(fd)
@@ -403,13 +400,19 @@ class Unifier:
         finally:
             dirs.close()
 
-    def _link_one(self, ref: FileRef, name: str, path: Path, efd: int, dirs: _DirCache, records: list[dict]) -> None:
+    def _open_guest_file(self, ref: FileRef, dirs: "_DirCache") -> int | None:
+        """An fd for a guest file (never through a symlink); None, counted as changed, if it is gone."""
         try:
-            dfd = dirs.get(ref.guest, ref.dir_rel)
-            gfd = os.open(ref.name, FILE_FLAGS, dir_fd=dfd)
+            return os.open(ref.name, FILE_FLAGS, dir_fd=dirs.get(ref.guest, ref.dir_rel))
         except OSError:
             self.s.changed += 1
+            return None
+
+    def _link_one(self, ref: FileRef, name: str, path: Path, efd: int, dirs: _DirCache, records: list[dict]) -> None:
+        gfd = self._open_guest_file(ref, dirs)
+        if gfd is None:
             return
+        dfd = dirs.get(ref.guest, ref.dir_rel)
         tmp = f"{TMP_PREFIX}{secrets.token_hex(6)}"
         try:
             gst = os.fstat(gfd)
