@@ -13,14 +13,14 @@ import sys
 
 import click
 
-from imagefactory.errors import ImageFactoryError
+from imagefactory.core.errors import ImageFactoryError
 
 # name -> "module:attribute" of a click command or group.
 COMMANDS: dict[str, str] = {
-    "build": "imagefactory.build_cli:build",
-    "recipes": "imagefactory.build_cli:recipes",
+    "build": "imagefactory.build.cli:build",
+    "recipes": "imagefactory.build.cli:recipes",
     "unify": "unify.cli:unify",
-    "report": "unify.report_cli:report",
+    "report": "unify.report.cli:report",
     "publish": "repo.cli:publish",
     "repo": "repo.cli:repo",
     "pull": "repo.cli:pull",

@@ -22,14 +22,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagefactory.atomic import staged_path, write_text
-from imagefactory.errors import EnvironmentProblem, ImageFactoryError, RecipeError
-from imagefactory.progress import Progress
+from imagefactory.core.atomic import staged_path, write_text
+from imagefactory.core.errors import EnvironmentProblem, ImageFactoryError, RecipeError
+from imagefactory.core.hashing import sha256_file
+from imagefactory.core.progress import Progress
 from kernel.config import parse_config, render_fragment, unmet_options
 from kernel.patching import apply_patch
 from kernel.patchstats import parse_patch, read_patch
 from kernel.recipe import KernelRecipe
-from kernel.source import USR_SRC, resolve_patch, resolve_source, sha256_file
+from kernel.source import USR_SRC, resolve_patch, resolve_source
 
 DEFAULT_CACHE = Path(os.environ.get("IMAGEFACTORY_KERNEL_CACHE", "/var/cache/imagefactory/kernel"))
 MANIFEST = "kernel-manifest.json"
@@ -66,7 +67,7 @@ def cache_key(tarball_sha256: str, patch_hashes: list[str], fragment: str, base:
 def _base_identity(recipe: KernelRecipe) -> str:
     """A base config file enters the key by content, a make target by name."""
     path = Path(recipe.config_base)
-    return f"file:{sha256_file(path)}" if path.is_absolute() else recipe.config_base
+    return f"file:{sha256_file(path)[0]}" if path.is_absolute() else recipe.config_base
 
 
 def resolve_inputs(recipe: KernelRecipe, cache_root: Path, usr_src: Path = USR_SRC) -> BuildInputs:
@@ -99,7 +100,7 @@ def _cached_manifest(build_dir: Path) -> dict | None:
         manifest = json.loads((build_dir / MANIFEST).read_text())
         for pkg in manifest["packages"]:
             path = build_dir / pkg["file"]
-            if path.stat().st_size != pkg["size"] or sha256_file(path) != pkg["sha256"]:
+            if path.stat().st_size != pkg["size"] or sha256_file(path)[0] != pkg["sha256"]:
                 return None
         return manifest
     except (OSError, ValueError, KeyError, TypeError):
@@ -265,14 +266,14 @@ def _manifest(inputs: BuildInputs, tree: Path, release: str, files: list[Path], 
         ],
         "config": {
             "base": recipe.config_base if not Path(recipe.config_base).is_absolute() else Path(recipe.config_base).name,
-            "fragments": [{"name": f.name, "sha256": sha256_file(f)} for f in recipe.fragments],
+            "fragments": [{"name": f.name, "sha256": sha256_file(f)[0]} for f in recipe.fragments],
             "request_sha256": hashlib.sha256(inputs.fragment.encode()).hexdigest(),
-            "final_sha256": sha256_file(tree / ".config"),
+            "final_sha256": sha256_file(tree / ".config")[0],
         },
         "localversion": recipe.localversion,
         "formats": recipe.formats,
         "packages": [
-            {"file": str(f.relative_to(build_dir)), "name": f.name, "sha256": sha256_file(f), "size": f.stat().st_size}
+            {"file": str(f.relative_to(build_dir)), "name": f.name, "sha256": sha256_file(f)[0], "size": f.stat().st_size}
             for f in files
         ],
     }
@@ -284,7 +285,7 @@ def _publish(build_dir: Path, manifest: dict, out_dir: Path) -> list[Path]:
     copied = []
     for pkg in manifest["packages"]:
         target = out_dir / pkg["name"]
-        if not (target.is_file() and target.stat().st_size == pkg["size"] and sha256_file(target) == pkg["sha256"]):
+        if not (target.is_file() and target.stat().st_size == pkg["size"] and sha256_file(target)[0] == pkg["sha256"]):
             with staged_path(target) as stage:
                 shutil.copyfile(build_dir / pkg["file"], stage)
         copied.append(target)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from imagefactory.errors import ImageFactoryError, RecipeError
-from imagefactory.progress import Progress
+from imagefactory.core.errors import ImageFactoryError, RecipeError
+from imagefactory.core.progress import Progress
 
 
 @click.group()
@@ -32,7 +32,8 @@ def build(recipe: Path, out_dir: Path, cache_dir: Path | None, jobs: int | None,
     Example:
       imagefactory kernel build kernel/recipes/host-6.1.toml -o out/
     """
-    from kernel.build import DEFAULT_CACHE, build as run_build, resolve_inputs
+    from kernel.build import DEFAULT_CACHE, resolve_inputs
+    from kernel.build import build as run_build
     from kernel.recipe import load_recipe
 
     cache = cache_dir or DEFAULT_CACHE

@@ -10,7 +10,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from imagefactory.errors import RecipeError
+from imagefactory.core.errors import RecipeError
 from kernel.patchstats import read_patch
 
 _FILE = re.compile(r"^(?:checking|patching) file (.+)$")

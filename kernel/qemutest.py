@@ -17,9 +17,9 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from imagefactory.atomic import staged_path
-from imagefactory.errors import EnvironmentProblem, FetchError
-from imagefactory.progress import Progress
+from imagefactory.core.atomic import staged_path
+from imagefactory.core.errors import EnvironmentProblem, FetchError
+from imagefactory.core.progress import Progress
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_RECIPE = HERE / "recipes" / "host-6.1.toml"
@@ -212,7 +212,7 @@ def _demo_rootfs(cache_root: Path, suite: str, mirror: str, progress: Progress) 
 def run_unify_demo(recipe_path: Path, cache_root: Path, timeout: int, progress: Progress,
                    suite: str = "bookworm", mirror: str | None = None) -> Report:
     """Boot the IXUNLINK kernel on a Debian root and run the real `unify --mode vserver` inside."""
-    from imagefactory.sources import host_debian_mirror
+    from imagefactory.build.sources import host_debian_mirror
 
     _need("qemu-system-x86_64", "mkfs.ext4", "dpkg-deb", "mmdebstrap", "tar")
     if os.geteuid() != 0:

@@ -12,7 +12,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imagefactory.errors import RecipeError
+from imagefactory.core.errors import RecipeError
 from kernel.config import ConfigValue, merge_requests, parse_config
 
 BASE_TARGETS = ("tinyconfig", "allnoconfig", "defconfig", "olddefconfig")

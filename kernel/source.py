@@ -7,26 +7,21 @@ recipe's SHA256 before use.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from imagefactory.atomic import staged_path
-from imagefactory.errors import EnvironmentProblem, FetchError, VerificationError
+from imagefactory.core.atomic import staged_path
+from imagefactory.core.errors import EnvironmentProblem, FetchError, VerificationError
+from imagefactory.core.hashing import sha256_file
 from kernel.recipe import PatchSpec, SourceSpec
 
 USR_SRC = Path("/usr/src")
 
 
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def _verify(path: Path, expected: str | None, what: str) -> str:
-    actual = sha256_file(path)
+    actual = sha256_file(path)[0]
     if expected and actual != expected:
         raise VerificationError(f"{what}: sha256 is {actual}, the recipe says {expected}")
     return actual
@@ -35,7 +30,7 @@ def _verify(path: Path, expected: str | None, what: str) -> str:
 def fetch(url: str, sha256: str, downloads: Path) -> Path:
     """Download url into downloads/<sha256>-<name> unless a verified copy is there."""
     target = downloads / f"{sha256}-{url.rsplit('/', 1)[-1]}"
-    if target.is_file() and sha256_file(target) == sha256:
+    if target.is_file() and sha256_file(target)[0] == sha256:
         return target
     try:
         with urllib.request.urlopen(url, timeout=60) as response, staged_path(target) as stage:

@@ -9,10 +9,8 @@ names that end up in paths are checked against a strict pattern.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import io
 import json
-import os
 import re
 import tarfile
 from dataclasses import dataclass, field
@@ -21,8 +19,10 @@ from pathlib import Path
 import rpmfile
 from debian_inspector.debcon import get_paragraph_data
 
-from imagefactory import debfile
-from imagefactory.errors import ImageFactoryError, UnsafeInput, VerificationError
+from imagefactory.build.debian import debfile
+from imagefactory.core.errors import ImageFactoryError, UnsafeInput, VerificationError
+from imagefactory.core.hashing import sha256_file
+from imagefactory.core.manifest import ImageFiles
 
 KERNEL_MANIFEST = "kernel-manifest.json"  # written by `imagefactory kernel build` beside its packages
 KERNEL_MANIFEST_SCHEMA = "imagefactory-kernel-manifest/1"
@@ -31,11 +31,6 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~:-]*$")
 
 class ArtifactError(ImageFactoryError):
     """An input file is not what it claims to be."""
-
-
-def sha256_file(path: Path) -> tuple[str, int]:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest(), os.fstat(f.fileno()).st_size
 
 
 def _safe(value: str, what: str, source: Path) -> str:
@@ -165,13 +160,13 @@ def image_version(manifest: dict) -> str | None:
     epoch = (manifest.get("snapshot") or {}).get("epoch")
     if not isinstance(epoch, int):
         return None
-    return _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc).strftime("%Y%m%d_%H%M%S")
+    return _dt.datetime.fromtimestamp(epoch, _dt.UTC).strftime("%Y%m%d_%H%M%S")
 
 
 def read_image(path: Path, version: str | None = None) -> Image:
     """An image and the manifest beside it; refuse when the manifest's hash is not the file's."""
-    stem = path.name.removesuffix(".tar.zst")
-    manifest_path = path.with_name(f"{stem}.manifest.json")
+    files = ImageFiles.of_image(path)
+    stem, manifest_path = files.stem, files.manifest
     if not manifest_path.is_file():
         raise ArtifactError(f"{path}: no manifest {manifest_path.name} beside it")
     try:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from imagefactory.errors import ImageFactoryError, VerificationError
-from imagefactory.progress import Progress
+from imagefactory.core.errors import ImageFactoryError, VerificationError
+from imagefactory.core.progress import Progress
 from repo.layout import Config, Repo
 from repo.publish import init_repo
 from repo.publish import publish as do_publish

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagefactory.errors import ImageFactoryError
+from imagefactory.core.errors import ImageFactoryError
 
 CONFIG_DIR = ".imagefactory"
 STATE_FILE = "state.json"
@@ -53,7 +53,7 @@ class Config:
         return {"schema": 1, **data}
 
     @classmethod
-    def from_json(cls, data: dict) -> "Config":
+    def from_json(cls, data: dict) -> Config:
         data = {k: v for k, v in data.items() if k != "schema"}
         data["architectures"] = tuple(data.get("architectures") or ("amd64",))
         return cls(**data)

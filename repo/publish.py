@@ -17,10 +17,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imagefactory.errors import ImageFactoryError
-from imagefactory.progress import Progress
+from imagefactory.core.errors import ImageFactoryError
+from imagefactory.core.hashing import sha256_file
+from imagefactory.core.progress import Progress
 from repo import apt, rpmmd, streams
-from repo.artifacts import Deb, Extra, Image, Rpm, read_any, sha256_file, with_kernel_manifests
+from repo.artifacts import Deb, Extra, Image, Rpm, read_any, with_kernel_manifests
 from repo.layout import STATE_FILE, Config, Repo, copy_in, put, retained
 from repo.sign import Signer, SigningKeyError
 

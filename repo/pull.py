@@ -17,9 +17,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from imagefactory.atomic import staging_name
-from imagefactory.errors import FetchError, ImageFactoryError, VerificationError
-from imagefactory.progress import Progress
+from imagefactory.core.atomic import staging_name
+from imagefactory.core.errors import FetchError, ImageFactoryError, VerificationError
+from imagefactory.core.manifest import ImageFiles
+from imagefactory.core.progress import Progress
 from repo import streams
 from repo.sign import verify_detached
 
@@ -82,14 +83,15 @@ def pull(url: str, name: str, out_dir: Path, keyring: Path, version: str | None 
     sums = signed_sums(base, keyring)
     version = version or streams.latest_version(sums, name)
     directory = streams.image_dir(name, version or "")
-    image_rel, manifest_rel = f"{directory}/{name}.tar.zst", f"{directory}/{name}.manifest.json"
+    files = ImageFiles.named(Path(directory), name)
+    image_rel, manifest_rel = str(files.image), str(files.manifest)
     if version is None or image_rel not in sums or manifest_rel not in sums:
         known = sorted({"@".join(p.split("/")[1:3]) for p in sums if p.startswith("images/")})
         raise ImageFactoryError(f"no image {name}{'@' + version if version else ''} at {base} "
                                 f"(available: {', '.join(known) or 'none'})")
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    targets = [out_dir / f"{name}.tar.zst", out_dir / f"{name}.manifest.json"]
+    targets = [out_dir / files.image.name, out_dir / files.manifest.name]
     stages = [staging_name(t) for t in targets]
     try:
         progress.stage(f"downloading {name} {version}")

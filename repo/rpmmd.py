@@ -18,7 +18,7 @@ from pathlib import Path
 
 import zstandard
 
-from imagefactory.errors import EnvironmentProblem, ImageFactoryError
+from imagefactory.core.errors import EnvironmentProblem, ImageFactoryError
 
 NS = {"repo": "http://linux.duke.edu/metadata/repo", "common": "http://linux.duke.edu/metadata/common"}
 RPM_DIR = "rpm"

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagefactory import gpgv
-from imagefactory.errors import EnvironmentProblem, ImageFactoryError
+from imagefactory.core import gpgv
+from imagefactory.core.errors import EnvironmentProblem, ImageFactoryError
 
 DIGEST = "SHA512"  # apt refuses SHA1 signatures; SHA512 is what Debian uses.
 
@@ -93,7 +93,7 @@ class Signer:
     _stack: contextlib.ExitStack | None = None
     fingerprint: str = ""
 
-    def __enter__(self) -> "Signer":
+    def __enter__(self) -> Signer:
         _need("gpg")
         self._stack = contextlib.ExitStack()
         if self.key_file is not None:

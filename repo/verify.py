@@ -12,21 +12,17 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from imagefactory.errors import VerificationError
+from imagefactory.core.errors import VerificationError
+from imagefactory.core.hashing import sha256_file
 from repo import apt, rpmmd, streams
 from repo.sign import verify_clearsigned, verify_detached
-
-
-def _sha256(path: Path) -> tuple[str, int]:
-    data = path.read_bytes()
-    return hashlib.sha256(data).hexdigest(), len(data)
 
 
 def _check_file(state: Path, rel: str, digest: str, size: int | None, what: str) -> list[str]:
     path = state / rel
     if not path.is_file():
         return [f"{what}: {rel} is missing"]
-    actual, actual_size = _sha256(path)
+    actual, actual_size = sha256_file(path)
     if actual != digest or (size is not None and actual_size != size):
         return [f"{what}: {rel} does not match its checksum/size"]
     return []

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
+
+from tests.support import need_tool
 
 
 def pytest_collection_modifyitems(config, items):
@@ -18,8 +23,37 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def need_tool(*names: str) -> None:
-    """Fail (not skip) when a tool scripts/setup should have installed is missing."""
-    missing = [n for n in names if shutil.which(n) is None]
-    if missing:
-        pytest.fail(f"missing tools (run scripts/setup): {', '.join(missing)}")
+@pytest.fixture(scope="session")
+def gpg_key(tmp_path_factory) -> dict:
+    """A passphrase-less ed25519 signing key in its own GNUPGHOME, exported to a key file."""
+    need_tool("gpg", "gpgv")
+    home = Path(tempfile.mkdtemp(prefix="if-tk-", dir="/tmp"))  # short: gpg-agent socket paths are limited
+    env = {**os.environ, "GNUPGHOME": str(home)}
+    subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", "Test <t@example.invalid>",
+                    "ed25519", "sign", "never"], env=env, check=True, capture_output=True)
+    out = tmp_path_factory.mktemp("key")
+    secret = out / "secret.asc"
+    secret.write_bytes(subprocess.run(["gpg", "--batch", "--armor", "--export-secret-keys"], env=env,
+                                      check=True, capture_output=True).stdout)
+    public = out / "public.gpg"
+    public.write_bytes(subprocess.run(["gpg", "--batch", "--export"], env=env, check=True,
+                                      capture_output=True).stdout)
+    yield {"home": home, "secret": secret, "public": public, "env": env}
+    subprocess.run(["gpgconf", "--kill", "all"], env=env, capture_output=True)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def other_key(tmp_path_factory) -> Path:
+    """A second, unrelated secret key file (for wrong-key tests)."""
+    home = Path(tempfile.mkdtemp(prefix="if-tk2-", dir="/tmp"))
+    env = {**os.environ, "GNUPGHOME": str(home)}
+    subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", "Other <o@example.invalid>",
+                    "ed25519", "sign", "never"], env=env, check=True, capture_output=True)
+    secret = tmp_path_factory.mktemp("otherkey") / "other.asc"
+    secret.write_bytes(subprocess.run(["gpg", "--batch", "--armor", "--export-secret-keys"], env=env,
+                                      check=True, capture_output=True).stdout)
+    yield secret
+    subprocess.run(["gpgconf", "--kill", "all"], env=env, capture_output=True)
+    shutil.rmtree(home, ignore_errors=True)
+

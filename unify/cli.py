@@ -7,19 +7,11 @@ from pathlib import Path
 
 import click
 
-from imagefactory.errors import VerificationError
-from imagefactory.progress import Progress
+from imagefactory.core.errors import VerificationError
+from imagefactory.core.progress import Progress
+from imagefactory.core.units import human
 from unify import engine, maintain
 from unify.protect import MODES
-
-
-def human(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
-        value /= 1024
-    return f"{n} B"
 
 
 def summary_lines(s: engine.Summary) -> list[str]:

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import xxhash
 
-from imagefactory.errors import EnvironmentProblem, ImageFactoryError
-from imagefactory.progress import Progress
+from imagefactory.core.errors import EnvironmentProblem, ImageFactoryError
+from imagefactory.core.progress import Progress
 from unify import index, probe
 from unify.exclude import Matcher, load_rules
 from unify.protect import MODES, WARNINGS, Protection
@@ -400,7 +400,7 @@ class Unifier:
         finally:
             dirs.close()
 
-    def _open_guest_file(self, ref: FileRef, dirs: "_DirCache") -> int | None:
+    def _open_guest_file(self, ref: FileRef, dirs: _DirCache) -> int | None:
         """An fd for a guest file (never through a symlink); None, counted as changed, if it is gone."""
         try:
             return os.open(ref.name, FILE_FLAGS, dir_fd=dirs.get(ref.guest, ref.dir_rel))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from imagefactory.errors import RecipeError
+from imagefactory.core.errors import RecipeError
 
 DEFAULT_LIST = Path(__file__).with_name("vunify-exclude")
 _WILDCARDS = re.compile(r"[*?\[]")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import xxhash
 
-from imagefactory.atomic import write_text
+from imagefactory.core.atomic import write_text
 
 FORMAT = 1
 

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from imagefactory.errors import ImageFactoryError
+from imagefactory.core.errors import ImageFactoryError
 from unify import index, probe
 from unify.engine import apply_meta
 from unify.exclude import Matcher

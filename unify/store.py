@@ -45,8 +45,8 @@ from pathlib import Path
 
 import xxhash
 
-from imagefactory.atomic import write_text
-from imagefactory.errors import EnvironmentProblem, ImageFactoryError
+from imagefactory.core.atomic import write_text
+from imagefactory.core.errors import EnvironmentProblem, ImageFactoryError
 
 FORMAT = 1
 HASH_NAME = "xxh3-128"

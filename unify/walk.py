@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from imagefactory.errors import UnsafeInput
+from imagefactory.core.errors import UnsafeInput
 from unify.exclude import Matcher, Verdict, parse_conffiles, rpm_config_files
 
 TMP_PREFIX = ".ifunify-"  # temporary names in guest directories; removed by the next run

@@ -9,28 +9,17 @@ from pathlib import Path
 
 import click
 
-from imagefactory.errors import ImageFactoryError
-from imagefactory.progress import Progress
+from imagefactory.core.errors import ImageFactoryError
+from imagefactory.core.manifest import IMAGE_SUFFIX
+from imagefactory.core.progress import Progress
+from imagefactory.core.units import human
 from imagefactory.seed import barrier, check, inventory
 from imagefactory.seed.guest import Guest, Interface, check_hostname, check_name
 from imagefactory.seed.limits import Limits
 from imagefactory.seed.seeder import SeedResult, seed_image
-from imagefactory.seed.unpack import IMAGE_SUFFIX
 
 DIR = click.Path(file_okay=False, path_type=Path)
 MIB = 1024 * 1024
-
-
-def human(size: int | None) -> str:
-    """Bytes as a short binary-unit figure (du -h style)."""
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "K", "M", "G"):
-        if value < 1024:
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024
-    return f"{value:.1f}T"
 
 
 def resolve_source(source: str, repo: str | None, keyring: Path | None, cache: Path, progress: Progress) -> Path:

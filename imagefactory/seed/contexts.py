@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from imagefactory.errors import EnvironmentProblem
+from imagefactory.core.errors import EnvironmentProblem
 
 FIRST = 40000
 LAST = 49151  # util-vserver: static contexts are 2..49151

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagefactory.errors import ImageFactoryError
+from imagefactory.core.errors import ImageFactoryError
 from imagefactory.seed.limits import Limits
 
 # A guest name becomes a directory name in vdir and confdir, a systemd

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from imagefactory.errors import ImageFactoryError
+from imagefactory.core.errors import ImageFactoryError
 
 MIB = 1024 * 1024
 MEMORY_FLOOR = 64 * MIB  # below this a Debian minbase guest cannot even run apt

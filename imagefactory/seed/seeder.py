@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imagefactory.atomic import remove_tree, staging_name
-from imagefactory.errors import ImageFactoryError
-from imagefactory.progress import Progress
+from imagefactory.core.atomic import remove_tree, staging_name
+from imagefactory.core.errors import ImageFactoryError
+from imagefactory.core.progress import Progress
 from imagefactory.seed import barrier, contexts, lxc, nspawn, unpack, vserver_conf
 from imagefactory.seed.guest import Guest
 from imagefactory.seed.limits import render

@@ -22,12 +22,10 @@ from typing import BinaryIO
 
 import zstandard
 
-from imagefactory.chroot import is_inside
-from imagefactory.errors import ImageFactoryError, UnsafeInput, VerificationError
-from imagefactory.progress import Progress
-
-IMAGE_SUFFIX = ".tar.zst"
-MANIFEST_SUFFIX = ".manifest.json"
+from imagefactory.core.errors import ImageFactoryError, UnsafeInput, VerificationError
+from imagefactory.core.manifest import ImageFiles
+from imagefactory.core.paths import is_inside
+from imagefactory.core.progress import Progress
 
 # util-vserver's secure /dev (see docs/seed.md): name -> (major, minor).
 SECURE_DEV: dict[str, tuple[int, int]] = {
@@ -43,9 +41,7 @@ SECURE_DEV: dict[str, tuple[int, int]] = {
 
 def manifest_path(image: Path) -> Path:
     """`<name>.tar.zst` -> `<name>.manifest.json` beside it."""
-    if not image.name.endswith(IMAGE_SUFFIX):
-        raise ImageFactoryError(f"{image}: an image file must end in {IMAGE_SUFFIX}")
-    return image.with_name(image.name[: -len(IMAGE_SUFFIX)] + MANIFEST_SUFFIX)
+    return ImageFiles.of_image(image).manifest
 
 
 def load_manifest(image: Path) -> dict:

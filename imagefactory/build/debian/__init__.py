@@ -1,0 +1,1 @@
+"""Debian/Ubuntu backend: signed Release, Packages indices, resolver, .deb reader, dpkg install."""

@@ -1,0 +1,93 @@
+from pathlib import Path
+
+import pytest
+
+from imagefactory.build import recipe
+from imagefactory.core.errors import RecipeError
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / f"{name}.toml"
+    p.write_text(text)
+    return p
+
+
+def test_shipped_recipes_load():
+    names = {r.name: r for r in recipe.list_recipes()}
+    for suite in ("sid", "trixie", "bookworm"):
+        r = names[f"debian-{suite}"]
+        assert (r.family, r.suite, r.variant, r.architecture) == ("debian", suite, "minbase", "amd64")
+        assert r.mirror == ""  # taken from the host's apt sources, never written into the repo
+    web = names["debian-sid-web"]
+    assert web.suite == "sid" and "curl" in web.packages and web.customize
+
+
+def test_unknown_key_names_file_and_key(tmp_path):
+    p = write(tmp_path, "bad", 'family = "debian"\nsuite = "sid"\npackagez = ["x"]\n')
+    with pytest.raises(RecipeError, match=r"bad\.toml: unknown key 'packagez'"):
+        recipe.load(str(p))
+
+
+def test_wrong_type(tmp_path):
+    p = write(tmp_path, "bad", 'family = "debian"\nsuite = "sid"\npackages = "curl"\n')
+    with pytest.raises(RecipeError, match="key 'packages' must be a list"):
+        recipe.load(str(p))
+
+
+def test_unknown_recipe_name(tmp_path):
+    write(tmp_path, "one", 'family = "debian"\nsuite = "sid"\n')
+    with pytest.raises(RecipeError, match="unknown recipe 'nope' \\(known: .*debian-sid.*one"):
+        recipe.load("nope", tmp_path)
+
+
+def test_a_recipe_file_elsewhere_can_extend_a_shipped_one(tmp_path):
+    p = write(tmp_path, "mine", 'extends = "debian-sid"\npackages = ["curl"]\n')
+    r = recipe.load(str(p))
+    assert r.suite == "sid" and r.packages == ("curl",) and r.name == "mine"
+
+
+def test_bad_variant_and_family(tmp_path):
+    p = write(tmp_path, "v", 'family = "debian"\nsuite = "sid"\nvariant = "huge"\n')
+    with pytest.raises(RecipeError, match="key 'variant'"):
+        recipe.load(str(p))
+    p = write(tmp_path, "f", 'family = "arch"\nsuite = "x"\n')
+    with pytest.raises(RecipeError, match="key 'family'"):
+        recipe.load(str(p))
+
+
+def test_extends_concatenates_lists_and_overrides_scalars(tmp_path):
+    write(tmp_path, "base", 'family = "debian"\nsuite = "sid"\npackages = ["a"]\nhostname = "b"\n')
+    write(tmp_path, "child", 'extends = "base"\npackages = ["c"]\nhostname = "c"\n')
+    r = recipe.load("child", tmp_path)
+    assert r.packages == ("a", "c") and r.hostname == "c" and r.suite == "sid" and r.name == "child"
+
+
+def test_extends_cycle(tmp_path):
+    write(tmp_path, "a", 'extends = "b"\n')
+    write(tmp_path, "b", 'extends = "a"\n')
+    with pytest.raises(RecipeError, match="cycle"):
+        recipe.load("a", tmp_path)
+
+
+def test_customize_validation(tmp_path):
+    p = write(tmp_path, "c", 'family = "debian"\nsuite = "sid"\n[[customize]]\nwrite = "etc/x"\n')
+    with pytest.raises(RecipeError, match="absolute guest path"):
+        recipe.load(str(p))
+    p = write(tmp_path, "d", 'family = "debian"\nsuite = "sid"\n[[customize]]\nwrite = "/x"\nrun = "y"\n')
+    with pytest.raises(RecipeError, match="exactly one of"):
+        recipe.load(str(p))
+    p = write(tmp_path, "e", 'family = "debian"\nsuite = "sid"\n[[customize]]\nwrite = "/x"\nmode = "9x"\n')
+    with pytest.raises(RecipeError, match="octal"):
+        recipe.load(str(p))
+
+
+def test_invalid_toml(tmp_path):
+    p = write(tmp_path, "t", 'family = "debian\n')
+    with pytest.raises(RecipeError, match="invalid TOML"):
+        recipe.load(str(p))
+
+
+def test_digest_changes_with_content(tmp_path):
+    a = recipe.load(str(write(tmp_path, "a", 'family = "debian"\nsuite = "sid"\n')))
+    b = recipe.load(str(write(tmp_path, "b", 'family = "debian"\nsuite = "sid"\npackages = ["x"]\n')))
+    assert a.digest != b.digest and len(a.digest) == 64

@@ -1,0 +1,1 @@
+"""What unification saves: measure guest roots, aggregate, render as text, JSON and HTML."""
