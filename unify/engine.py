@@ -32,9 +32,10 @@ from imagefactory.core.errors import EnvironmentProblem, ImageFactoryError
 from imagefactory.core.progress import Progress
 from unify import index, probe
 from unify.exclude import Matcher, load_rules
+from unify.ownership import config_files
 from unify.protect import MODES, WARNINGS, Protection
 from unify.store import CHUNK, Store, entry_name, hash_fd, meta_of, read_xattrs, same_content
-from unify.walk import FILE_FLAGS, TMP_PREFIX, FileRef, config_files, open_dir, open_root, walk
+from unify.walk import FILE_FLAGS, TMP_PREFIX, FileRef, open_dir, open_root, walk
 
 
 @dataclass
