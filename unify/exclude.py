@@ -66,7 +66,9 @@ class Matcher:
         if self._regex is None:
             return None
         m = self._regex.match(path)
-        return self.rules[int(m.lastgroup[1:])].verdict if m else None
+        if m is None or m.lastgroup is None:
+            return None
+        return self.rules[int(m.lastgroup[1:])].verdict
 
     def verdict(self, path: str, inside_excluded: bool) -> Verdict:
         """First match wins; unmatched paths inherit their directory's exclusion."""
