@@ -8,7 +8,6 @@ names that end up in paths are checked against a strict pattern.
 
 from __future__ import annotations
 
-import datetime as _dt
 import io
 import json
 import re
@@ -22,7 +21,7 @@ from debian_inspector.debcon import get_paragraph_data
 from imagefactory.build.debian import debfile
 from imagefactory.core.errors import ImageFactoryError, UnsafeInput, VerificationError
 from imagefactory.core.hashing import sha256_file
-from imagefactory.core.manifest import ImageFiles
+from imagefactory.core.manifest import IMAGE_SUFFIX, MANIFEST_SUFFIX, ImageFiles, Manifest, ManifestError
 
 KERNEL_MANIFEST = "kernel-manifest.json"  # written by `imagefactory kernel build` beside its packages
 KERNEL_MANIFEST_SCHEMA = "imagefactory-kernel-manifest/1"
@@ -77,7 +76,7 @@ class Image:
     manifest_path: Path
     name: str
     version: str
-    manifest: dict
+    manifest: Manifest
     sha256: str
     size: int
     manifest_sha256: str = ""
@@ -156,14 +155,6 @@ def read_rpm(path: Path) -> Rpm:
                _safe(text("arch"), "arch", path), digest, size)
 
 
-def image_version(manifest: dict) -> str | None:
-    """simplestreams-style version from the snapshot time: same snapshot, same version."""
-    epoch = (manifest.get("snapshot") or {}).get("epoch")
-    if not isinstance(epoch, int):
-        return None
-    return _dt.datetime.fromtimestamp(epoch, _dt.UTC).strftime("%Y%m%d_%H%M%S")
-
-
 def read_image(path: Path, version: str | None = None) -> Image:
     """An image and the manifest beside it; refuse when the manifest's hash is not the file's."""
     files = ImageFiles.of_image(path)
@@ -171,18 +162,17 @@ def read_image(path: Path, version: str | None = None) -> Image:
     if not manifest_path.is_file():
         raise ArtifactError(f"{path}: no manifest {manifest_path.name} beside it")
     try:
-        manifest = json.loads(manifest_path.read_text())
-        claimed = manifest["image"]
-        claimed_sha, claimed_size = claimed["sha256"], claimed["size"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ArtifactError(f"{manifest_path}: not an image manifest ({exc})") from None
+        manifest = Manifest.load(manifest_path)
+    except ManifestError as exc:
+        raise ArtifactError(str(exc)) from None
+    claimed = manifest.image
     digest, size = sha256_file(path)
-    if digest != claimed_sha or size != claimed_size:
+    if digest != claimed.sha256 or size != claimed.size:
         raise VerificationError(
             f"{path}: does not match its manifest (sha256 {digest[:16]}…/{size} B, "
-            f"manifest says {str(claimed_sha)[:16]}…/{claimed_size} B); refusing to publish")
-    name = _safe(str(manifest.get("name") or stem), "image name", manifest_path)
-    version = version or image_version(manifest)
+            f"manifest says {claimed.sha256[:16]}…/{claimed.size} B); refusing to publish")
+    name = _safe(manifest.name or stem, "image name", manifest_path)
+    version = version or manifest.version
     if version is None:
         raise ArtifactError(f"{manifest_path}: no snapshot.epoch to derive a version from; pass --version")
     m_sha, m_size = sha256_file(manifest_path)
@@ -241,11 +231,12 @@ def read_any(path: Path, version: str | None = None) -> Deb | Rpm | Image | Extr
         return read_deb(path)
     if name.endswith(".rpm"):
         return read_rpm(path)
-    if name.endswith(".tar.zst"):
+    if name.endswith(IMAGE_SUFFIX):
         return read_image(path, version)
-    if name.endswith(".manifest.json") and path.with_name(name.removesuffix(".manifest.json") + ".tar.zst").exists():
-        raise ArtifactError(f"{path}: give the image ({name.removesuffix('.manifest.json')}.tar.zst), "
-                            "its manifest comes along")
+    if name.endswith(MANIFEST_SUFFIX):
+        image = ImageFiles.named(path.parent, name.removesuffix(MANIFEST_SUFFIX)).image
+        if image.exists():
+            raise ArtifactError(f"{path}: give the image ({image.name}), its manifest comes along")
     if name.endswith(".json"):
         return read_extra(path)
     raise ArtifactError(f"{path}: not a .deb, .rpm, .tar.zst image or .json manifest")

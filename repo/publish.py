@@ -19,6 +19,7 @@ from pathlib import Path
 
 from imagefactory.core.errors import ImageFactoryError
 from imagefactory.core.hashing import sha256_file
+from imagefactory.core.manifest import ImageFiles, Manifest
 from imagefactory.core.progress import Progress
 from repo import apt, rpmmd, streams
 from repo.artifacts import Deb, Extra, Image, Rpm, read_any, with_kernel_manifests
@@ -91,13 +92,14 @@ def _add(stage: Path, config: Config, art, state: dict) -> None:
                                   "sha256": art.sha256, "source_sha256": art.sha256}
     elif isinstance(art, Image):
         base = streams.image_dir(art.name, art.version)
-        rel, mrel = f"{base}/{art.name}.tar.zst", f"{base}/{art.name}.manifest.json"
+        files = ImageFiles.named(Path(base), art.name)
+        rel, mrel = str(files.image), str(files.manifest)
         copy_in(stage, rel, art.path)
         copy_in(stage, mrel, art.manifest_path)
         state["images"][art.key] = {"name": art.name, "version": art.version, "path": rel, "sha256": art.sha256,
                                     "size": art.size, "manifest_path": mrel,
                                     "manifest_sha256": art.manifest_sha256, "manifest_size": art.manifest_size,
-                                    "manifest": art.manifest, "source_sha256": art.sha256}
+                                    "manifest": art.manifest.raw, "source_sha256": art.sha256}
     else:
         rel = f"manifests/{art.name}"
         copy_in(stage, rel, art.path)
@@ -159,8 +161,9 @@ def _write_rpm(stage: Path, signer: Signer, state: dict, serial: int) -> list[st
 
 def _write_streams(stage: Path, signer: Signer, state: dict, now: float) -> None:
     records = [streams.ImageRecord(i["name"], i["version"], i["path"], i["sha256"], i["size"], i["manifest_path"],
-                                   i["manifest_sha256"], i["manifest_size"], i["manifest"])
-               for i in state["images"].values()]
+                                   i["manifest_sha256"], i["manifest_size"],
+                                   Manifest.from_dict(i["manifest"], f"repository state, image {key}"))
+               for key, i in state["images"].items()]
     images = streams.images_json(records, now)
     images_bytes = streams.dumps(images)
     put(stage, streams.IMAGES_PATH, images_bytes)

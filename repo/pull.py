@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import tempfile
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from imagefactory.core.atomic import staging_name
 from imagefactory.core.errors import FetchError, ImageFactoryError, VerificationError
-from imagefactory.core.manifest import ImageFiles
+from imagefactory.core.manifest import ImageFiles, Manifest
 from imagefactory.core.progress import Progress
 from repo import streams
 from repo.sign import verify_detached
@@ -99,8 +98,7 @@ def pull(url: str, name: str, out_dir: Path, keyring: Path, version: str | None 
             if fetch(base + rel, stage, progress) != sums[rel]:
                 raise VerificationError(f"{base}{rel} does not match the signed SHA256SUMS; "
                                         "refusing it (nothing written)")
-        manifest = json.loads(stages[1].read_text())
-        if manifest.get("image", {}).get("sha256") != sums[image_rel]:
+        if Manifest.load(stages[1]).image.sha256 != sums[image_rel]:
             raise VerificationError(f"{base}{manifest_rel} describes a different image; refusing it")
         for stage, target in zip(stages, targets, strict=True):
             os.replace(stage, target)

@@ -11,6 +11,8 @@ import json
 import time
 from dataclasses import dataclass
 
+from imagefactory.core.manifest import IMAGE_SUFFIX, Manifest
+
 IMAGES_PATH = "streams/v1/images.json"
 SIGNED_IMAGES_PATH = "streams/v1/images.sjson"
 
@@ -25,7 +27,7 @@ class ImageRecord:
     manifest_path: str
     manifest_sha256: str
     manifest_size: int
-    manifest: dict
+    manifest: Manifest
 
 
 def image_dir(name: str, version: str) -> str:
@@ -37,8 +39,7 @@ def _updated(date: float) -> str:
 
 
 def product_id(rec: ImageRecord) -> str:
-    arch = rec.manifest.get("architecture", "unknown")
-    return f"imagefactory:{rec.name}:{arch}"
+    return f"imagefactory:{rec.name}:{rec.manifest.architecture}"
 
 
 def images_json(records: list[ImageRecord], date: float) -> dict:
@@ -48,10 +49,10 @@ def images_json(records: list[ImageRecord], date: float) -> dict:
         m = rec.manifest
         product = products.setdefault(product_id(rec), {
             "aliases": rec.name,
-            "arch": m.get("architecture", "unknown"),
-            "os": m.get("distro", ""),
-            "release": m.get("suite", ""),
-            "variant": m.get("variant", ""),
+            "arch": m.architecture,
+            "os": m.distro,
+            "release": m.suite,
+            "variant": m.variant,
             "versions": {},
         })
         product["versions"][rec.version] = {"items": {
@@ -94,5 +95,5 @@ def parse_sha256sums(text: str) -> dict[str, str]:
 def latest_version(sums: dict[str, str], name: str) -> str | None:
     """Newest version of image `name` listed (versions are sortable timestamps)."""
     prefix = f"images/{name}/"
-    versions = [p[len(prefix):].split("/")[0] for p in sums if p.startswith(prefix) and p.endswith(".tar.zst")]
+    versions = [p[len(prefix):].split("/")[0] for p in sums if p.startswith(prefix) and p.endswith(IMAGE_SUFFIX)]
     return max(versions) if versions else None

@@ -7,7 +7,9 @@ manifest through `Manifest.load`, so the pair and the schema live in one place.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 from imagefactory.core.errors import ImageFactoryError
 
 SCHEMA = 1
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 IMAGE_SUFFIX = ".tar.zst"
 MANIFEST_SUFFIX = ".manifest.json"
 
@@ -61,14 +64,28 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class Manifest:
-    """The fields other wings rely on; `raw` keeps the whole document (packages, sizes, ...)."""
+    """The fields other wings rely on; `raw` keeps the whole document (packages, sizes, ...).
+
+    Only `image.sha256` and `image.size` are required (they vouch for the image); the rest
+    default to empty so that an older or hand-written manifest still verifies.
+    """
 
     name: str
     image: ImageRef
     snapshot: Snapshot | None
     architecture: str
     files: int
+    distro: str = ""
+    suite: str = ""
+    variant: str = ""
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+    @property
+    def version(self) -> str | None:
+        """simplestreams-style version from the snapshot time (same snapshot, same version)."""
+        if self.snapshot is None or self.snapshot.epoch is None:
+            return None
+        return _dt.datetime.fromtimestamp(self.snapshot.epoch, _dt.UTC).strftime("%Y%m%d_%H%M%S")
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "manifest") -> Manifest:
@@ -76,9 +93,11 @@ class Manifest:
             raise ManifestError(f"{where}: not an image manifest (not a JSON object)")
         try:
             img = data["image"]
-            image = ImageRef(str(img["file"]), str(img["sha256"]), int(img["size"]))
-        except (KeyError, TypeError, ValueError) as exc:
+            image = ImageRef(str(img.get("file", "")), str(img["sha256"]).lower(), int(img["size"]))
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ManifestError(f"{where}: not an image manifest (image: {exc})") from None
+        if not _SHA256.fullmatch(image.sha256):
+            raise ManifestError(f"{where}: image.sha256 is not a SHA-256 hex digest")
         snap = data.get("snapshot")
         snapshot = None
         if isinstance(snap, dict):
@@ -88,14 +107,15 @@ class Manifest:
         files = data.get("files")
         return cls(name=str(data.get("name") or ""), image=image, snapshot=snapshot,
                    architecture=str(data.get("architecture", "unknown")),
-                   files=files if isinstance(files, int) else 0, raw=data)
+                   files=files if isinstance(files, int) else 0, distro=str(data.get("distro", "")),
+                   suite=str(data.get("suite", "")), variant=str(data.get("variant", "")), raw=data)
 
     @classmethod
     def load(cls, path: Path) -> Manifest:
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
-            raise ManifestError(f"{path}: no such manifest") from None
+            raise ManifestError(f"{path}: manifest missing; refusing an image nothing vouches for") from None
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise ManifestError(f"{path}: not an image manifest ({exc})") from None
         return cls.from_dict(data, str(path))

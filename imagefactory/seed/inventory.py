@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
+from imagefactory.core.manifest import Manifest, ManifestError
 from imagefactory.seed import contexts
 from imagefactory.seed.vserver_conf import MANIFEST
-from repo.artifacts import image_version
 
 
 @dataclass
@@ -76,10 +75,11 @@ class GuestInfo:
 
 def read_guest(conf: Path, page_size: int, *, measure: bool = True) -> GuestInfo:
     """One guest's facts from util-vserver's layout (plus our manifest copy)."""
+    manifest: Manifest | None
     try:
-        manifest = json.loads((conf / MANIFEST).read_text())
-    except (OSError, ValueError):
-        manifest = {}
+        manifest = Manifest.load(conf / MANIFEST)
+    except ManifestError:  # not seeded by imagefactory, or the copy was edited
+        manifest = None
     # util-vserver's own links may be relative (../.defaults/vdirbase/NAME).
     root = conf / os.readlink(conf / "vdir") if (conf / "vdir").is_symlink() else None
     ip, prefix = _read(conf / "interfaces/0/ip"), _read(conf / "interfaces/0/prefix")
@@ -91,9 +91,9 @@ def read_guest(conf: Path, page_size: int, *, measure: bool = True) -> GuestInfo
         context=contexts.read_context(conf),
         conf=str(conf),
         root=str(root) if root else None,
-        image=manifest.get("name"),
-        version=image_version(manifest) if manifest else None,
-        image_sha256=(manifest.get("image") or {}).get("sha256"),
+        image=manifest.name or None if manifest else None,
+        version=manifest.version if manifest else None,
+        image_sha256=manifest.image.sha256 if manifest else None,
         ip=f"{ip}/{prefix}" if ip and prefix else ip,
         memory=rss * page_size if rss is not None else None,
         cpu_percent=float(Fraction(fill * 100, interval)) if fill and interval else None,

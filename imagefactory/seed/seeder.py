@@ -10,7 +10,6 @@ replaced guest is moved aside first and restored if the commit fails.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from imagefactory.core.atomic import remove_tree, staging_name
 from imagefactory.core.errors import ImageFactoryError
+from imagefactory.core.manifest import dumps
 from imagefactory.core.progress import Progress
 from imagefactory.seed import barrier, contexts, lxc, nspawn, unpack, vserver_conf
 from imagefactory.seed.guest import Guest
@@ -134,10 +134,10 @@ def seed_image(
             try:
                 progress.stage(f"unpacking into {guest.root}")
                 root_stage.mkdir(mode=0o755)
-                unpack.unpack(fh, root_stage, total=int(manifest.get("files") or 0), progress=progress)
+                unpack.unpack(fh, root_stage, total=manifest.files, progress=progress)
                 progress.stage(f"writing config {guest.conf} (context {context})")
                 limits = render(guest.limits, os.sysconf("SC_PAGE_SIZE"))
-                tree = vserver_conf.render(guest, context, limits, json.dumps(manifest, indent=2) + "\n")
+                tree = vserver_conf.render(guest, context, limits, dumps(manifest.raw))
                 tree.add(nspawn.render(guest, limits, boot=has_init(root_stage)))
                 tree.add(lxc.render(guest, limits))
                 write_tree(conf_stage, tree)
@@ -157,8 +157,8 @@ def seed_image(
         context=context,
         root=str(guest.root),
         conf=str(guest.conf),
-        image=str(manifest.get("name") or image.name),
-        image_sha256=manifest["image"]["sha256"],
+        image=manifest.name or image.name,
+        image_sha256=manifest.image.sha256,
         barrier=protection.to_dict(),
         files={
             "vserver": str(guest.conf),

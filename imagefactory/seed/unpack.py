@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import posixpath
 import stat
@@ -24,7 +23,7 @@ from typing import BinaryIO
 import zstandard
 
 from imagefactory.core.errors import ImageFactoryError, UnsafeInput, VerificationError
-from imagefactory.core.manifest import ImageFiles
+from imagefactory.core.manifest import ImageFiles, Manifest
 from imagefactory.core.paths import is_inside
 from imagefactory.core.progress import Progress
 
@@ -45,30 +44,20 @@ def manifest_path(image: Path) -> Path:
     return ImageFiles.of_image(image).manifest
 
 
-def load_manifest(image: Path) -> dict:
-    """Read and minimally check the manifest that vouches for an image."""
-    path = manifest_path(image)
-    try:
-        manifest = json.loads(path.read_text())
-        digest = manifest["image"]["sha256"]
-    except FileNotFoundError:
-        raise ImageFactoryError(f"{path}: manifest missing; refusing an image nothing vouches for") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ImageFactoryError(f"{path}: not an image manifest ({exc})") from None
-    if not isinstance(digest, str) or len(digest) != 64:
-        raise ImageFactoryError(f"{path}: image.sha256 is not a SHA-256 hex digest")
-    return manifest
+def load_manifest(image: Path) -> Manifest:
+    """The manifest that vouches for an image (ManifestError when missing or malformed)."""
+    return Manifest.load(manifest_path(image))
 
 
-def verify(fileobj: io.BufferedIOBase, manifest: dict, label: str) -> None:
+def verify(fileobj: io.BufferedIOBase, manifest: Manifest, label: str) -> None:
     """Check size and SHA-256 of an open image against its manifest."""
-    expected = manifest["image"]
+    expected = manifest.image
     size = os.fstat(fileobj.fileno()).st_size
-    if "size" in expected and expected["size"] != size:
-        raise VerificationError(f"{label}: size {size} does not match the manifest's {expected['size']}")
+    if expected.size != size:
+        raise VerificationError(f"{label}: size {size} does not match the manifest's {expected.size}")
     actual = hashlib.file_digest(fileobj, "sha256").hexdigest()
-    if actual != expected["sha256"].lower():
-        raise VerificationError(f"{label}: sha256 {actual} does not match the manifest's {expected['sha256']}")
+    if actual != expected.sha256:
+        raise VerificationError(f"{label}: sha256 {actual} does not match the manifest's {expected.sha256}")
 
 
 class MemberFilter:

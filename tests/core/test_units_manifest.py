@@ -31,12 +31,18 @@ def test_manifest_load_typed_and_refuses_garbage(tmp_path: Path):
     path = tmp_path / "g.manifest.json"
     path.write_text(json.dumps({"name": "g", "architecture": "amd64", "files": 3,
                                 "snapshot": {"date": "d", "epoch": 5, "mirror": "m"},
-                                "image": {"file": "g.tar.zst", "sha256": "ab", "size": 9}}))
+                                "image": {"file": "g.tar.zst", "sha256": "ab" * 32, "size": 9}}))
     m = Manifest.load(path)
-    assert (m.name, m.image.size, m.snapshot.epoch, m.files) == ("g", 9, 5, 3)
+    assert (m.name, m.image.size, m.snapshot.epoch, m.files, m.version) == ("g", 9, 5, 3, "19700101_000005")
     path.write_text("{not json")
     with pytest.raises(ManifestError, match="not an image manifest"):
         Manifest.load(path)
     path.write_text(json.dumps({"name": "g"}))
     with pytest.raises(ManifestError, match="image"):
+        Manifest.load(path)
+    path.write_text(json.dumps({"image": {"sha256": "ab", "size": 9}}))
+    with pytest.raises(ManifestError, match="not a SHA-256"):
+        Manifest.load(path)
+    path.unlink()
+    with pytest.raises(ManifestError, match="manifest missing"):
         Manifest.load(path)
