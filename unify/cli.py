@@ -11,7 +11,7 @@ from imagefactory.core.errors import VerificationError
 from imagefactory.core.progress import Progress
 from imagefactory.core.units import human
 from unify import engine, maintain
-from unify.protect import MODES
+from unify.protect import AUTO, MODES
 
 
 def summary_lines(s: engine.Summary) -> list[str]:
@@ -42,11 +42,11 @@ def summary_lines(s: engine.Summary) -> list[str]:
 @click.argument("roots", nargs=-1, metavar="[GUEST_ROOT]...", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--store", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Store directory (e.g. /vservers/.hash); must be on the guests' filesystem.")
-@click.option("--mode", type=click.Choice(["auto", *MODES]), default="auto", show_default=True,
+@click.option("--mode", type=click.Choice([AUTO, *MODES]), default=AUTO, show_default=True,
               help="How shared files are protected: auto = vserver if the kernel has it, else reflink, else refuse.")
 @click.option("-n", "--dry-run", is_flag=True, help="Show what would be linked and saved; change no guest file.")
 @click.option("--ignore-mtime", is_flag=True, help="Link files whose only difference is the mtime.")
-@click.option("--min-size", type=click.IntRange(min=1), default=16, show_default=True,
+@click.option("--min-size", type=click.IntRange(min=1), default=engine.MIN_SIZE, show_default=True,
               help="Never unify files smaller than this many bytes.")
 @click.option("--exclude-from", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Exclude list (+/~/- fnmatch lines) replacing the default; a guest's own "
@@ -104,9 +104,8 @@ def unify(roots, store, mode, dry_run, ignore_mtime, min_size, exclude_from, act
         _out(as_json, results, [f"{r['guest']}: {r['copied']} files made private ({human(r['bytes'])})"
                                 for r in results])
     else:
-        s = engine.unify(list(roots), store, mode=mode, dry_run=dry_run, ignore_mtime=ignore_mtime,
-                         min_size=min_size, exclude_file=exclude_from, progress=Progress(quiet=quiet or as_json),
-                         list_files=verbose)
+        opts = engine.UnifyOptions(mode, dry_run, ignore_mtime, min_size, exclude_from, list_files=verbose)
+        s = engine.run(list(roots), store, opts, Progress(quiet=quiet or as_json))
         for w in s.warnings:
             click.echo(f"imagefactory: warning: {w}", err=True)
         verb = "would link" if dry_run else "linked"

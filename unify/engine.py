@@ -33,14 +33,28 @@ from imagefactory.core.progress import Progress
 from unify import index, probe
 from unify.exclude import Matcher, load_rules
 from unify.ownership import config_files
-from unify.protect import MODES, WARNINGS, Protection
+from unify.protect import AUTO, MODES, WARNINGS, Mode, Protection
 from unify.store import CHUNK, Store, entry_name, hash_fd, meta_of, read_xattrs, same_content
 from unify.walk import FILE_FLAGS, TMP_PREFIX, FileRef, Stat, open_dir, open_root, walk
+
+MIN_SIZE = 16  # bytes; smaller files are never unified
+
+
+@dataclass(frozen=True)
+class UnifyOptions:
+    """One run's settings (the CLI's flags), like build's BuildOptions."""
+
+    mode: str = AUTO  # a Mode, or "auto": vserver if the kernel has it, else reflink, else refuse
+    dry_run: bool = False
+    ignore_mtime: bool = False
+    min_size: int = MIN_SIZE
+    exclude_file: Path | None = None
+    list_files: bool = False  # fill Summary.listing with every file linked (or, dry run, that would be)
 
 
 @dataclass
 class Summary:
-    mode: str | None
+    mode: Mode | None
     mode_reason: str
     dry_run: bool
     store: str
@@ -74,16 +88,16 @@ class Summary:
         return asdict(self)
 
 
-def resolve_mode(mode: str, store_dir: Path, dry_run: bool) -> tuple[str | None, str]:
+def resolve_mode(mode: str, store_dir: Path, dry_run: bool) -> tuple[Mode | None, str]:
     """auto -> vserver, else reflink, else refuse (a dry run continues and says why)."""
-    if mode != "auto":
+    if mode != AUTO:
         if mode not in MODES:
-            raise ImageFactoryError(f"unknown mode {mode!r} (choose auto, {', '.join(MODES)})")
-        return mode, "chosen with --mode"
+            raise ImageFactoryError(f"unknown mode {mode!r} (choose {AUTO}, {', '.join(MODES)})")
+        return Mode(mode), "chosen with --mode"
     result = probe.probe(store_dir)
     if result.auto_mode is None and not dry_run:
         raise EnvironmentProblem(f"--mode auto refuses: {result.reason}")
-    return result.auto_mode, result.reason
+    return (Mode(result.auto_mode) if result.auto_mode else None), result.reason
 
 
 MAX_WARNINGS = 20
@@ -156,16 +170,16 @@ def _copy_hashing(src: int, dst: int) -> tuple[str, int]:
 
 
 class Unifier:
-    def __init__(self, roots, store: Store, prot: Protection | None, summary: Summary, *, dry_run: bool,
-                 ignore_mtime: bool, min_size: int, exclude_file: Path | None, progress: Progress) -> None:
+    def __init__(self, roots, store: Store, prot: Protection | None, summary: Summary, opts: UnifyOptions,
+                 progress: Progress) -> None:
         self.roots = [Path(r) for r in roots]
         self.store = store
         self.prot = prot
         self.s = summary
-        self.dry_run = dry_run
-        self.ignore_mtime = ignore_mtime
-        self.min_size = min_size
-        self.exclude_file = exclude_file
+        self.dry_run = opts.dry_run
+        self.ignore_mtime = opts.ignore_mtime
+        self.min_size = opts.min_size
+        self.exclude_file = opts.exclude_file
         self.progress = progress
         self.root_fds: list[int] = []
         self.old_records: list[dict] = []
@@ -307,16 +321,8 @@ class Unifier:
                     os.close(dfd)
 
     def _unlink_protected(self, dfd: int, name: str) -> None:
-        fd = os.open(name, FILE_FLAGS, dir_fd=dfd)
-        try:
-            prot = self.prot or Protection("hardlink")
-            flags = probe.get_flags(fd, prot.ioctl)
-            prot.unprotect(fd)
+        with (self.prot or Protection(Mode.HARDLINK)).restoring_at(dfd, name):
             os.unlink(name, dir_fd=dfd)
-            if flags & (probe.FS_IMMUTABLE_FL | probe.FS_IXUNLINK_FL):
-                probe.set_flags(fd, flags, prot.ioctl)
-        finally:
-            os.close(fd)
 
     # -- phase 3: store entries --------------------------------------------------------------
     def create_entries(self, linkable: dict[str, list[FileRef]], store_names: set[str]) -> tuple[int, int]:
@@ -390,20 +396,18 @@ class Unifier:
                 path = self.store.path_of(name)
                 efd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
                 try:
-                    self.protection.unprotect(efd)
-                    self.merged.clear()
-                    for ref in sorted(linkable[name], key=lambda r: (r.guest, r.rel)):
-                        done += 1
-                        self.progress.count("linking", done, total, " files")
-                        self._link_one(ref, name, path, efd, dirs, records)
-                    # Several paths may share one inode (perl and perl5.x): it is freed once.
-                    first = linkable[name][0].st
-                    self.s.duplicates += len(self.merged)
-                    self.s.bytes_saved += len(self.merged) * first.st_size
-                    self.s.disk_saved += len(self.merged) * first.st_blocks * 512
+                    with self.protection.reasserting(efd):
+                        self.merged.clear()
+                        for ref in sorted(linkable[name], key=lambda r: (r.guest, r.rel)):
+                            done += 1
+                            self.progress.count("linking", done, total, " files")
+                            self._link_one(ref, name, path, efd, dirs, records)
+                        # Several paths may share one inode (perl and perl5.x): it is freed once.
+                        first = linkable[name][0].st
+                        self.s.duplicates += len(self.merged)
+                        self.s.bytes_saved += len(self.merged) * first.st_size
+                        self.s.disk_saved += len(self.merged) * first.st_blocks * 512
                 finally:
-                    with contextlib.suppress(OSError):
-                        self.protection.protect(efd)
                     os.close(efd)
         finally:
             dirs.close()
@@ -520,18 +524,23 @@ def _estimate(summary: Summary, linkable: dict[str, list[FileRef]], store_names:
 def unify(
     roots,
     store: Path,
-    mode: str = "auto",
+    mode: str = AUTO,
     dry_run: bool = False,
     ignore_mtime: bool = False,
-    min_size: int = 16,
+    min_size: int = MIN_SIZE,
     exclude_file: Path | None = None,
     progress: Progress | None = None,
     ioctl=None,
     list_files: bool = False,
 ) -> Summary:
+    """run() with the UnifyOptions given as keywords."""
+    opts = UnifyOptions(mode, dry_run, ignore_mtime, min_size, exclude_file, list_files)
+    return run(roots, store, opts, progress, ioctl)
+
+
+def run(roots, store: Path, opts: UnifyOptions, progress: Progress | None = None, ioctl=None) -> Summary:
     """Unify identical files of `roots` into `store`; see the module docstring for the order of work.
 
-    `list_files` fills Summary.listing with every file linked (or, dry run, that would be).
     `ioctl` replaces fcntl.ioctl for attribute flags (a test seam for vserver mode).
     A dry run links nothing and changes no guest, but it does create the store
     directory and record digests in the index, so the real run need not re-read them.
@@ -541,15 +550,14 @@ def unify(
     gc_was_enabled = gc.isenabled()
     gc.disable()  # hundreds of thousands of long-lived records: collector passes only cost time
     try:
-        return _unify(roots, store, mode, dry_run, ignore_mtime, min_size, exclude_file, progress, ioctl,
-                      list_files, started)
+        return _unify(roots, store, opts, progress, ioctl, started)
     finally:
         if gc_was_enabled:
             gc.enable()
 
 
-def _unify(roots, store, mode, dry_run, ignore_mtime, min_size, exclude_file, progress, ioctl, list_files,
-           started) -> Summary:
+def _unify(roots, store: Path, opts: UnifyOptions, progress: Progress, ioctl, started: float) -> Summary:
+    dry_run = opts.dry_run
     store_obj = Store(store)
     if not roots:
         raise ImageFactoryError("no guest roots given")
@@ -560,28 +568,25 @@ def _unify(roots, store, mode, dry_run, ignore_mtime, min_size, exclude_file, pr
         if store_abs == real or store_abs.is_relative_to(real) or real.is_relative_to(store_abs):
             raise ImageFactoryError(f"the store {store} and the guest root {r} must not contain each other")
     store_obj.create(None)
-    chosen, reason = resolve_mode(mode, store_obj.root, dry_run)
-    summary = Summary(chosen, reason, dry_run, str(store_obj.root), listing=[] if list_files else None)
+    chosen, reason = resolve_mode(opts.mode, store_obj.root, dry_run)
+    summary = Summary(chosen, reason, dry_run, str(store_obj.root), listing=[] if opts.list_files else None)
     if chosen in WARNINGS:
         summary.warnings.append(WARNINGS[chosen])
     if chosen is None:
         summary.warnings.append(f"no usable sharing mode, dry run only: {reason}")
-    prot = None
-    if chosen:
-        prot = Protection(chosen, ioctl) if ioctl else Protection(chosen)
+    prot = Protection.of(chosen, ioctl) if chosen else None
     with store_obj.locked():
         if chosen and not dry_run:
             store_obj.set_mode(chosen)
             summary.temp_removed += store_obj.clean_tmp()
-            if chosen == "vserver" and prot is not None and not prot.barrier(store_obj.root):
+            if chosen is Mode.VSERVER and prot is not None and not prot.barrier(store_obj.root):
                 summary.warnings.append("the kernel has no chroot barrier flag; the store root is not barriered")
         store_dev = os.stat(store_obj.root).st_dev
         for r in roots:
             if os.stat(r).st_dev != store_dev and not dry_run:
                 raise EnvironmentProblem(f"{r} is not on the store's filesystem ({store_obj.root}); "
                                          "links and reflinks cannot cross filesystems")
-        u = Unifier(roots, store_obj, prot, summary, dry_run=dry_run, ignore_mtime=ignore_mtime,
-                    min_size=min_size, exclude_file=exclude_file, progress=progress)
+        u = Unifier(roots, store_obj, prot, summary, opts, progress)
         try:
             records, linkable, in_use = u.scan()
             store_names = store_obj.names()

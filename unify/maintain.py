@@ -9,19 +9,18 @@ the per-guest indexes say which entries they were cloned from.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from imagefactory.core.errors import ImageFactoryError
-from unify import index, probe
+from unify import index
 from unify.engine import apply_meta
 from unify.exclude import Matcher
-from unify.protect import Protection
+from unify.protect import Mode, Protection
 from unify.store import Store, hash_fd, meta_of, read_xattrs
-from unify.walk import FILE_FLAGS, TMP_PREFIX, open_dir, open_root, walk
+from unify.walk import TMP_PREFIX, open_dir, open_root, walk
 
 
 def _open_store(store_dir: Path) -> Store:
@@ -85,7 +84,7 @@ def verify(store_dir: Path, ioctl=None, progress=None) -> tuple[int, list[Proble
     store = _open_store(store_dir)
     total = len(store.names())
     mode = store.info().get("mode")
-    prot = (Protection(mode, ioctl) if ioctl else Protection(mode)) if mode else None
+    prot = Protection.of(mode, ioctl) if mode else None
     problems: list[Problem] = []
     checked = 0
     buf = bytearray(1 << 20)
@@ -122,7 +121,7 @@ def gc(store_dir: Path, dry_run: bool = False, ioctl=None) -> dict:
                 if not dry_run:
                     index.remove(store.root, Path(root))
         used = _in_use(store)
-        prot = Protection("hardlink", ioctl) if ioctl else Protection("hardlink")
+        prot = Protection.of(Mode.HARDLINK, ioctl)
         for e in store.entries():
             if used(e):
                 continue
@@ -147,7 +146,7 @@ def split(root: Path, store_dir: Path, ioctl=None) -> dict:
     an interrupted split leaves every path valid; run it again to finish.
     """
     store = _open_store(store_dir)
-    prot = Protection("hardlink", ioctl) if ioctl else Protection("hardlink")
+    prot = Protection.of(Mode.HARDLINK, ioctl)
     copied = copied_bytes = 0
     with store.locked():
         by_inode = {}
@@ -164,7 +163,8 @@ def split(root: Path, store_dir: Path, ioctl=None) -> dict:
                 with contextlib.suppress(OSError):
                     dfd = open_dir(root_fd, dir_rel)
                     try:
-                        _unprotected(dfd, name, prot, functools.partial(os.unlink, name, dir_fd=dfd))
+                        with prot.restoring_at(dfd, name):
+                            os.unlink(name, dir_fd=dfd)
                     finally:
                         os.close(dfd)
             for ref in shared:
@@ -181,21 +181,6 @@ def split(root: Path, store_dir: Path, ioctl=None) -> dict:
     return {"guest": str(root), "copied": copied, "bytes": copied_bytes, "failed": 0}
 
 
-def _unprotected(dfd: int, name: str, prot: Protection, action) -> None:
-    """Run action with the protection flags of dfd/name's inode lifted, then restore them."""
-    fd = os.open(name, FILE_FLAGS, dir_fd=dfd)
-    try:
-        flags = probe.get_flags(fd, prot.ioctl)
-        prot.unprotect(fd)
-        try:
-            action()
-        finally:
-            if flags & (probe.FS_IMMUTABLE_FL | probe.FS_IXUNLINK_FL):
-                probe.set_flags(fd, flags, prot.ioctl)
-    finally:
-        os.close(fd)
-
-
 def _private_copy(root_fd: int, ref, entry_path: Path, prot: Protection) -> None:
     dfd = open_dir(root_fd, ref.dir_rel)
     tmp = f"{TMP_PREFIX}{os.urandom(6).hex()}"
@@ -210,7 +195,8 @@ def _private_copy(root_fd: int, ref, entry_path: Path, prot: Protection) -> None
         finally:
             os.close(src)
             os.close(dst)
-        _unprotected(dfd, ref.name, prot, lambda: os.rename(tmp, ref.name, src_dir_fd=dfd, dst_dir_fd=dfd))
+        with prot.restoring_at(dfd, ref.name):
+            os.rename(tmp, ref.name, src_dir_fd=dfd, dst_dir_fd=dfd)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=dfd)

@@ -11,19 +11,38 @@
 
 Linux refuses link() to an immutable inode, so protected modes clear the flags
 on the entry, link the new guests, and set them again (and a later run
-re-asserts them on every entry it touches).
+re-asserts them on every entry it touches). Two context managers hold that
+"lift, act, restore" dance, so no caller writes it by hand:
+
+    Protection.reasserting(fd)        store entries: afterwards the mode's flags, whatever they were
+    Protection.restoring_at(dfd, name)  guest names: afterwards the flags the inode had
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 
+from imagefactory.core.errors import ImageFactoryError
 from unify import probe
+from unify.walk import FILE_FLAGS
 
-MODES = ("vserver", "reflink", "immutable", "hardlink")
+
+class Mode(StrEnum):
+    VSERVER = "vserver"
+    REFLINK = "reflink"
+    IMMUTABLE = "immutable"
+    HARDLINK = "hardlink"
+
+
+MODES = tuple(m.value for m in Mode)
+AUTO = "auto"  # --mode auto: the engine picks vserver, else reflink (unify.probe)
+PROTECTION_FLAGS = probe.FS_IMMUTABLE_FL | probe.FS_IXUNLINK_FL
 
 WARNINGS = {
     "immutable": "immutable mode: unified files cannot be replaced inside a guest; package updates "
@@ -35,8 +54,15 @@ WARNINGS = {
 
 @dataclass(frozen=True)
 class Protection:
-    mode: str
-    ioctl: object = field(default=fcntl.ioctl, compare=False)  # seam for vserver-mode tests
+    mode: Mode
+    ioctl: Callable = field(default=fcntl.ioctl, compare=False)  # seam for vserver-mode tests
+
+    @classmethod
+    def of(cls, mode: str, ioctl: Callable | None = None) -> Protection:
+        try:
+            return cls(Mode(mode), ioctl or fcntl.ioctl)
+        except ValueError:
+            raise ImageFactoryError(f"unknown mode {mode!r} (choose {', '.join(MODES)})") from None
 
     @property
     def flags(self) -> int:
@@ -56,7 +82,35 @@ class Protection:
     def unprotect(self, fd: int) -> None:
         """Clear every protection flag (also those of another mode, e.g. before --split)."""
         if self.shares_inode:
-            probe.change_flags(fd, remove=probe.FS_IMMUTABLE_FL | probe.FS_IXUNLINK_FL, ioctl=self.ioctl)
+            probe.change_flags(fd, remove=PROTECTION_FLAGS, ioctl=self.ioctl)
+
+    @contextlib.contextmanager
+    def reasserting(self, fd: int) -> Iterator[None]:
+        """Flags lifted for the body (linking guests to a store entry), then this mode's flags set.
+
+        Setting them again is best effort: the next run re-asserts them (reprotect)."""
+        self.unprotect(fd)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                self.protect(fd)
+
+    @contextlib.contextmanager
+    def restoring_at(self, dir_fd: int, name: str) -> Iterator[None]:
+        """Flags of dir_fd/name's inode lifted for the body (unlink or rename over a protected
+        name), then the flags it had put back on the inode (other guests may still link it)."""
+        fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)
+        try:
+            flags = probe.get_flags(fd, self.ioctl)
+            self.unprotect(fd)
+            try:
+                yield
+            finally:
+                if flags & PROTECTION_FLAGS:
+                    probe.set_flags(fd, flags, self.ioctl)
+        finally:
+            os.close(fd)
 
     def barrier(self, directory) -> bool:
         """Put the VServer chroot barrier on the store root, as vhashify does: a guest that

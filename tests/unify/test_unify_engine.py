@@ -211,8 +211,8 @@ def test_names_already_sharing_an_inode_are_left_alone(tmp_path):
 def test_directory_swapped_for_a_symlink_mid_run_is_not_followed(tmp_path, guests):
     """A guest replaces usr/bin by a symlink to a host directory between hashing and linking."""
     from imagefactory.core.progress import Progress
-    from unify.engine import Summary, Unifier
-    from unify.protect import Protection
+    from unify.engine import Summary, Unifier, UnifyOptions
+    from unify.protect import Mode, Protection
 
     host = tmp_path / "host"
     victim = write(host / "tool", (guests[0] / "usr/bin/tool").read_bytes(), 0o755)
@@ -220,8 +220,7 @@ def test_directory_swapped_for_a_symlink_mid_run_is_not_followed(tmp_path, guest
     store = Store(tmp_path / "store")
     store.create("hardlink")
     summary = Summary("hardlink", "test", False, str(store.root))
-    u = Unifier(guests, store, Protection("hardlink"), summary, dry_run=False, ignore_mtime=False,
-                min_size=16, exclude_file=None, progress=Progress(quiet=True))
+    u = Unifier(guests, store, Protection(Mode.HARDLINK), summary, UnifyOptions(), Progress(quiet=True))
     try:
         records, linkable, _ = u.scan()
         os.rename(guests[1] / "usr/bin", guests[1] / "usr/bin.real")

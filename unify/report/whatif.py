@@ -12,12 +12,11 @@ from imagefactory.core.errors import UnsafeInput
 from unify import index as uindex
 from unify import store as ustore
 from unify import walk as uwalk
+from unify.engine import MIN_SIZE
 from unify.exclude import Matcher, load_rules
 from unify.ownership import config_files
 from unify.report.figures import Builder, GuestCount
 from unify.report.model import Report
-
-MIN_SIZE = 16  # the unify engine's default: smaller files are never unified
 
 
 @dataclass(slots=True)
