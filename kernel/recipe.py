@@ -8,10 +8,10 @@ Paths inside a recipe are relative to the recipe file.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imagefactory.core import tomlcheck
 from imagefactory.core.errors import RecipeError
 from kernel.config import ConfigValue, merge_requests, parse_config
 
@@ -20,6 +20,7 @@ FORMATS = ("deb", "rpm")
 _LOCALVERSION = re.compile(r"^[-+.a-z0-9]{0,40}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _DEBIAN_SOURCE = re.compile(r"^linux-source-\d+\.\d+$")
+TOP_KEYS = ("name", "localversion", "source", "patches", "config", "package")
 
 
 @dataclass(frozen=True)
@@ -54,16 +55,6 @@ class KernelRecipe:
     formats: list[str] = field(default_factory=lambda: ["deb"])
 
 
-def _table(data: dict, key: str, where: str, allowed: set[str]) -> dict:
-    value = data.get(key, {})
-    if not isinstance(value, dict):
-        raise RecipeError(f"{where}: [{key}] must be a table")
-    unknown = set(value) - allowed
-    if unknown:
-        raise RecipeError(f"{where}: unknown key(s) in [{key}]: {', '.join(sorted(unknown))}")
-    return value
-
-
 def _is_url(text: str) -> bool:
     return bool(re.match(r"^(https?|file)://", text))
 
@@ -77,7 +68,7 @@ def _sha(value, where: str) -> str | None:
 
 
 def _source(data: dict, where: str, base: Path) -> SourceSpec:
-    src = _table(data, "source", where, {"debian_package", "tarball", "sha256"})
+    src = tomlcheck.table(data, "source", where, {"debian_package", "tarball", "sha256"})
     pkg, tarball = src.get("debian_package"), src.get("tarball")
     if bool(pkg) == bool(tarball):
         raise RecipeError(f"{where}: [source] needs exactly one of debian_package or tarball")
@@ -113,7 +104,7 @@ def _series(series: Path, where: str) -> list[PatchSpec]:
 
 
 def _patches(data: dict, where: str, base: Path) -> list[PatchSpec]:
-    table = _table(data, "patches", where, {"series", "external"})
+    table = tomlcheck.table(data, "patches", where, {"series", "external"})
     out = _series((base / table["series"]).resolve(), where) if "series" in table else []
     for i, ext in enumerate(table.get("external", [])):
         here = f"{where}: [[patches.external]] #{i + 1}"
@@ -135,7 +126,7 @@ def _patches(data: dict, where: str, base: Path) -> list[PatchSpec]:
 
 
 def _config(data: dict, where: str, base: Path) -> tuple[str, list[Path], dict[str, ConfigValue]]:
-    table = _table(data, "config", where, {"base", "fragments"})
+    table = tomlcheck.table(data, "config", where, {"base", "fragments"})
     config_base = str(table.get("base", "tinyconfig"))
     if config_base not in BASE_TARGETS:
         path = (base / config_base).resolve()
@@ -160,22 +151,15 @@ def load_recipe(path: Path) -> KernelRecipe:
     """Read and validate a kernel recipe; RecipeError names the file and the problem."""
     path = Path(path)
     where = str(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise RecipeError(f"cannot read kernel recipe {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(f"{where}: not valid TOML: {exc}") from None
-    unknown = set(data) - {"name", "localversion", "source", "patches", "config", "package"}
-    if unknown:
-        raise RecipeError(f"{where}: unknown key(s): {', '.join(sorted(unknown))}")
+    data = tomlcheck.read_toml(path)
+    tomlcheck.check_keys(data, TOP_KEYS, where)
     base = path.resolve().parent
     name = data.get("name") or path.stem
     localversion = str(data.get("localversion", ""))
     if not _LOCALVERSION.match(localversion):
         raise RecipeError(f"{where}: localversion may use only a-z 0-9 . + - (it ends up in package names), "
                           f"got {localversion!r}")
-    formats = _table(data, "package", where, {"formats"}).get("formats", ["deb"])
+    formats = tomlcheck.table(data, "package", where, {"formats"}).get("formats", ["deb"])
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise RecipeError(f"{where}: [package] formats must be a non-empty subset of {', '.join(FORMATS)}, "

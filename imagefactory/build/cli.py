@@ -70,8 +70,17 @@ def build(recipe: str, out_dir: Path, mirror: str | None, allow_expired_release:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable list.")
-def recipes(as_json: bool) -> None:
+@click.option("--keys", is_flag=True, help="List the keys a recipe file may use, with their meaning.")
+def recipes(as_json: bool, keys: bool) -> None:
     """List the recipes in recipes/ with distro, suite and variant."""
+    if keys:
+        schema = {key: {"kind": kind.value, "help": text} for key, (kind, text) in recipes_mod.SCHEMA.items()}
+        if as_json:
+            click.echo(json.dumps(schema, indent=2))
+        else:
+            for key, spec in schema.items():
+                click.echo(f"{key:14} {spec['kind']:18} {spec['help']}")
+        return
     found = recipes_mod.list_recipes()
     if as_json:
         click.echo(json.dumps([

@@ -91,3 +91,33 @@ def test_digest_changes_with_content(tmp_path):
     a = recipe.load(str(write(tmp_path, "a", 'family = "debian"\nsuite = "sid"\n')))
     b = recipe.load(str(write(tmp_path, "b", 'family = "debian"\nsuite = "sid"\npackages = ["x"]\n')))
     assert a.digest != b.digest and len(a.digest) == 64
+
+
+def test_schema_is_derived_from_the_recipe_fields():
+    """One source: every TOML key is a Recipe field with kind and help (plus `extends`), and the
+    `recipes --keys` listing prints exactly those."""
+    import dataclasses
+    import json
+    import subprocess
+    import sys
+
+    fields = {f.name for f in dataclasses.fields(recipe.Recipe) if "kind" in f.metadata}
+    assert set(recipe.SCHEMA) == fields | {"extends"}
+    assert recipe.MERGED == {"packages", "exclude_paths", "customize"}
+    proc = subprocess.run([sys.executable, "-m", "imagefactory", "recipes", "--keys", "--json"],
+                          capture_output=True, text=True, check=True)
+    listed = json.loads(proc.stdout)
+    assert set(listed) == set(recipe.SCHEMA) and listed["packages"]["kind"] == "a list of strings"
+
+
+def test_wrong_kind_names_the_key_and_both_kinds(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('family = "debian"\nsuite = "sid"\nrepo_gpgcheck = "yes"\n')
+    with pytest.raises(RecipeError, match="key 'repo_gpgcheck' must be a boolean, not a string"):
+        recipe.load(str(bad))
+    bad.write_text('family = "debian"\nsuite = "sid"\npackages = ["a", 1]\n')
+    with pytest.raises(RecipeError, match="must be a list of strings, not a list holding a string, an integer"):
+        recipe.load(str(bad))
+    bad.write_text('family = "debian"\nsuite = "sid"\n[[customize]]\nrun = 1\n')
+    with pytest.raises(RecipeError, match=r"customize\[0\]: key 'run' must be a string"):
+        recipe.load(str(bad))

@@ -48,7 +48,7 @@ def test_shipped_recipe_loads():
         ('[source]\ndebian_package = "linux-source-6.1"\n[config]\nfragments = ["missing.config"]\n', "cannot read config fragment"),
         ('[source]\ndebian_package = "linux-source-6.1"\n[patches]\nseries = "none"\n', "cannot read patch series"),
         ('[source]\ndebian_package = "linux-source-6.1"\n[[patches.external]]\nurl = "https://x.invalid/p.diff"\n', "needs its sha256"),
-        ('[source\n', "not valid TOML"),
+        ('[source\n', "invalid TOML"),
     ],
 )
 def test_bad_recipes(tmp_path, body, message):

@@ -70,9 +70,9 @@ class RpmBackend:
     def plan(self, recipe: Recipe, opts: BuildOptions, progress: Progress) -> Plan:
         where = f"{recipe.source}: key"
         if not (opts.mirror or recipe.mirror):
-            raise RecipeError(f"{where} 'mirror' is required for family {recipe.family!r}")
+            raise RecipeError(f"{where} 'mirror' is required for family {recipe.family.value!r}")
         if not recipe.keyring:
-            raise RecipeError(f"{where} 'keyring' is required for family {recipe.family!r} (package signatures)")
+            raise RecipeError(f"{where} 'keyring' is required for family {recipe.family.value!r} (package signatures)")
         if not Path(recipe.keyring).is_file():  # fail before downloading anything
             raise VerificationError(f"keyring {recipe.keyring} not found (install the distribution's key)")
         mirror = repo_url(opts.mirror or recipe.mirror, recipe)

@@ -1,0 +1,77 @@
+"""TOML input checked strictly: tables with known keys, values of the declared kind.
+
+Shared by build recipes (imagefactory/build/recipe.py) and kernel recipes (kernel/recipe.py).
+Every error is one RecipeError line naming the file, the table and the key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Collection, Mapping
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from imagefactory.core.errors import RecipeError
+
+
+class Kind(Enum):
+    """What a key's TOML value must be (checked exactly: a boolean is not a string)."""
+
+    STRING = "a string"
+    BOOL = "a boolean"
+    STRINGS = "a list of strings"
+    TABLES = "a list of tables"
+
+    def check(self, value: Any, where: str, key: str) -> None:
+        ok = {
+            Kind.STRING: isinstance(value, str),
+            Kind.BOOL: isinstance(value, bool),
+            Kind.STRINGS: isinstance(value, list) and all(isinstance(v, str) for v in value),
+            Kind.TABLES: isinstance(value, list) and all(isinstance(v, dict) for v in value),
+        }[self]
+        if not ok:
+            raise RecipeError(f"{where}: key {key!r} must be {self.value}, not {_toml_type(value)}")
+
+
+def _toml_type(value: Any) -> str:
+    if isinstance(value, list):
+        return "a list holding " + ", ".join(sorted({_toml_type(v) for v in value})) if value else "an empty list"
+    return {bool: "a boolean", str: "a string", int: "an integer", float: "a float", dict: "a table"}.get(
+        type(value), type(value).__name__)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file's top-level table."""
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: no such recipe file") from None
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"{path}: invalid TOML: {exc}") from None
+
+
+def check_keys(data: Mapping[str, Any], known: Collection[str], where: str) -> None:
+    """Refuse the first unknown key (sorted), listing the known ones."""
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise RecipeError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+
+
+def check_kinds(data: Mapping[str, Any], kinds: Mapping[str, Kind], where: str) -> None:
+    """Only known keys, each holding a value of its kind."""
+    check_keys(data, kinds, where)
+    for key, value in data.items():
+        kinds[key].check(value, where, key)
+
+
+def table(data: Mapping[str, Any], key: str, where: str, known: Collection[str]) -> dict[str, Any]:
+    """data[key] (an empty table when absent), which must be a table using only known keys."""
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise RecipeError(f"{where}: [{key}] must be a table")
+    check_keys(value, known, f"{where}: [{key}]")
+    return value
