@@ -7,13 +7,10 @@ recipe's SHA256 before use.
 
 from __future__ import annotations
 
-import shutil
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-from imagefactory.core.atomic import staged_path
-from imagefactory.core.errors import EnvironmentProblem, FetchError, VerificationError
+from imagefactory.core.download import download
+from imagefactory.core.errors import EnvironmentProblem, VerificationError
 from imagefactory.core.hashing import sha256_file
 from kernel.recipe import PatchSpec, SourceSpec
 
@@ -30,15 +27,8 @@ def _verify(path: Path, expected: str | None, what: str) -> str:
 def fetch(url: str, sha256: str, downloads: Path) -> Path:
     """Download url into downloads/<sha256>-<name> unless a verified copy is there."""
     target = downloads / f"{sha256}-{url.rsplit('/', 1)[-1]}"
-    if target.is_file() and sha256_file(target)[0] == sha256:
-        return target
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, staged_path(target) as stage:
-            with open(stage, "wb") as out:
-                shutil.copyfileobj(response, out)
-            _verify(stage, sha256, url)
-    except (urllib.error.URLError, OSError) as exc:
-        raise FetchError(f"cannot download {url}: {getattr(exc, 'reason', exc)}") from None
+    if not (target.is_file() and sha256_file(target)[0] == sha256):
+        download(url, target, sha256=sha256, trusted="the recipe")
     return target
 
 

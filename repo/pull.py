@@ -8,44 +8,29 @@ Downloads go to hidden staging files that are renamed only after all checks.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from imagefactory.core.atomic import staging_name
-from imagefactory.core.errors import FetchError, ImageFactoryError, VerificationError
+from imagefactory.core.download import download
+from imagefactory.core.errors import ImageFactoryError, VerificationError
 from imagefactory.core.manifest import ImageFiles, Manifest
 from imagefactory.core.progress import Progress
 from repo import streams
 from repo.sign import verify_detached
 
-TIMEOUT = 60
 
+def fetch(url: str, target: Path, sha256: str | None = None, progress: Progress | None = None) -> str:
+    """Download url to target (verified against the signed SHA256SUMS when sha256 is given)."""
+    label = target.name.split(".partial")[0].lstrip(".")
 
-def fetch(url: str, target: Path, progress: Progress | None = None) -> str:
-    """Stream url into target; return its sha256."""
-    digest = hashlib.sha256()
-    try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT) as response, target.open("wb") as out:
-            total = int(response.headers.get("Content-Length") or 0)
-            done = 0
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-                digest.update(chunk)
-                done += len(chunk)
-                if progress and total:
-                    progress.count(target.name.split(".partial")[0].lstrip("."), done >> 20, total >> 20, " MiB")
-    except urllib.error.HTTPError as exc:
-        raise FetchError(f"{url}: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        if isinstance(exc, OSError) and exc.filename == str(target):
-            raise
-        raise FetchError(f"{url}: {getattr(exc, 'reason', exc)}") from None
-    return digest.hexdigest()
+    def report(done: int, total: int | None) -> None:
+        if progress and total:
+            progress.count(label, done >> 20, total >> 20, " MiB")
+
+    return download(url, target, sha256=sha256, trusted="the signed SHA256SUMS", progress=report)
 
 
 def signed_sums(base: str, keyring: Path, attempts: int = 3) -> dict[str, str]:
@@ -95,9 +80,7 @@ def pull(url: str, name: str, out_dir: Path, keyring: Path, version: str | None 
     try:
         progress.stage(f"downloading {name} {version}")
         for rel, stage in zip((image_rel, manifest_rel), stages, strict=True):
-            if fetch(base + rel, stage, progress) != sums[rel]:
-                raise VerificationError(f"{base}{rel} does not match the signed SHA256SUMS; "
-                                        "refusing it (nothing written)")
+            fetch(base + rel, stage, sums[rel], progress)
         if Manifest.load(stages[1]).image.sha256 != sums[image_rel]:
             raise VerificationError(f"{base}{manifest_rel} describes a different image; refusing it")
         for stage, target in zip(stages, targets, strict=True):

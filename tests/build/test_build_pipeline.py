@@ -144,7 +144,7 @@ def test_expired_release_and_corrupt_package(tmp_path, tmp_path_factory):
     cached = [p for p in (cache / "sha256").rglob("*") if p.is_file() and not p.name.endswith(".parsed")]
     import hashlib
     assert all(hashlib.sha256(p.read_bytes()).hexdigest() == p.name for p in cached)  # nothing bad cached
-    assert not list((cache / "partial").iterdir())
+    assert not list(cache.rglob("*.partial-*"))  # no staging file left behind
     assert not out.exists() or not any(out.iterdir())
 
 

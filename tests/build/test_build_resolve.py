@@ -221,16 +221,19 @@ def test_malformed_stanza_is_an_error():
 def test_unreadable_resolution_memo_is_ignored(tmp_path):
     import pickle
 
-    from imagefactory.build.debian.backend import _load_memo, _save_memo
+    from imagefactory.core import memo as memos
 
     memo = tmp_path / "plans" / "k"
-    _save_memo(memo, ({"a"}, []))
-    assert _load_memo(memo) == ({"a"}, [])
+    memos.save(memo, 2, ({"a"}, []))
+    assert memos.load(memo, 2) == ({"a"}, [])
+    assert memos.load(memo, 3) is None  # another record format: recomputed
     memo.write_bytes(b"garbage")
-    assert _load_memo(memo) is None
+    assert memos.load(memo, 2) is None
     # a pickle of records that no longer construct (an older record layout)
     memo.write_bytes(pickle.dumps(ValueError("x"))[:-3])
-    assert _load_memo(memo) is None
+    assert memos.load(memo, 2) is None
+    assert memos.memoized(memo, 2, lambda: ({"b"}, [])) == (({"b"}, []), False)
+    assert memos.memoized(memo, 2, lambda: ({"c"}, [])) == (({"b"}, []), True)
 
 
 def test_install_rounds_keep_dependents_with_their_depends():

@@ -9,8 +9,6 @@ SHA256 and size in the signed Release (fetched by-hash when offered), each
 from __future__ import annotations
 
 import hashlib
-import os
-import pickle
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +21,7 @@ from imagefactory.build.debian.resolve import Universe, initial_set, resolve
 from imagefactory.build.plan import Artifact, BuildOptions, Plan
 from imagefactory.build.recipe import Recipe
 from imagefactory.build.sources import host_debian_mirror
+from imagefactory.core import memo
 from imagefactory.core.errors import RecipeError, VerificationError
 from imagefactory.core.gpgv import verify_clearsigned
 from imagefactory.core.progress import Progress
@@ -64,23 +63,6 @@ def _fetch_index(url: str, sha256: str, size: int, cache_dir: Path, name: str) -
     return load_index(fetch.cached_fetch(url, sha256, size, cache_dir), name)
 
 
-def _load_memo(path: Path):
-    """A memoized resolution, or None if absent or unreadable (it is then recomputed)."""
-    try:
-        with path.open("rb") as f:
-            return pickle.load(f)
-    except Exception:  # missing, truncated, or written by another version of the records
-        return None
-
-
-def _save_memo(path: Path, value) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with tmp.open("wb") as f:
-        pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
-    tmp.replace(path)
-
-
 class DebianBackend:
     """Debian-family guests (Debian, Ubuntu)."""
 
@@ -99,14 +81,11 @@ class DebianBackend:
         check_valid_until(rel, datetime.now(UTC), opts.allow_expired_release)
         # The resolution is a pure function of the signed Release and the recipe: memoize it.
         memo_key = hashlib.sha256(f"{MEMO_FORMAT}\n{recipe.digest}\n{text}".encode()).hexdigest()
-        memo = opts.cache_dir / "plans" / memo_key
-        cached = _load_memo(memo)
-        if cached is not None:
-            essential, self.selected = cached
+        (essential, self.selected), reused = memo.memoized(
+            opts.cache_dir / "plans" / memo_key, MEMO_FORMAT,
+            lambda: self._resolve(recipe, rel, mirror, opts, progress))
+        if reused:
             progress.stage(f"resolve: reusing the resolution for this Release ({len(self.selected)} packages)")
-        else:
-            essential, self.selected = self._resolve(recipe, rel, mirror, opts, progress)
-            _save_memo(memo, (essential, self.selected))
         arts = [
             Artifact(p.name, p.version, p.architecture, f"{mirror}/{p.filename}", p.sha256, p.size,
                      p.name in essential)

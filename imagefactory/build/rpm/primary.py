@@ -12,7 +12,6 @@ import bz2
 import gzip
 import io
 import lzma
-import pickle
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import IO
 import zstandard
 
 from imagefactory.build.rpm.rpmvercmp import EVR, FLAGS
+from imagefactory.core import memo
 from imagefactory.core.errors import VerificationError
 
 COMMON = "{http://linux.duke.edu/metadata/common}"
@@ -153,20 +153,9 @@ def iter_packages(stream: ByteStream, arches: frozenset[str], origin: str = "pri
 
 def load_primary(path: Path, name: str, arches: frozenset[str]) -> list[Package]:
     """Parsed packages of a verified cached primary file, memoized as <file>.parsed."""
-    memo = path.with_name(path.name + ".parsed")
-    key = (MEMO_VERSION, sorted(arches))
-    if memo.is_file():
-        try:
-            with memo.open("rb") as f:
-                stored_key, pkgs = pickle.load(f)
-            if stored_key == key:
-                return pkgs
-        except Exception:  # a stale or truncated memo is just recomputed
-            pass
-    with open_decompressed(path, name) as stream:
-        pkgs = list(iter_packages(stream, arches, name))
-    tmp = memo.with_name(memo.name + ".tmp")
-    with tmp.open("wb") as f:
-        pickle.dump((key, pkgs), f, protocol=pickle.HIGHEST_PROTOCOL)
-    tmp.replace(memo)
+    def parse() -> list[Package]:
+        with open_decompressed(path, name) as stream:
+            return list(iter_packages(stream, arches, name))
+
+    pkgs, _ = memo.memoized(path.with_name(path.name + ".parsed"), (MEMO_VERSION, sorted(arches)), parse)
     return pkgs
