@@ -119,7 +119,7 @@ for g in "$G"/*; do
     chroot "$g" apt-get --version > /dev/null || { echo "apt-get broken in $g"; exit 1; }
 done
 echo "dpkg -V clean and apt-get --version runs in all $(ls "$G" | wc -l) guests"
-"$IF" unify --verify --store "$STORE" | tail -1
+"$IF" unify verify --store "$STORE" | tail -1
 # Drop the immutable flags so the next run can delete the trees.
 chattr -R -f -i "$G" "$STORE" 2>/dev/null || true
 

@@ -10,6 +10,7 @@ import click
 from imagefactory.core.errors import VerificationError
 from imagefactory.core.progress import Progress
 from imagefactory.core.units import human
+from imagefactory.core.verbs import VerbGroup
 from unify import engine, maintain
 from unify.protect import AUTO, MODES
 
@@ -38,10 +39,28 @@ def summary_lines(s: engine.Summary) -> list[str]:
     ]
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("roots", nargs=-1, metavar="[GUEST_ROOT]...", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--store", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Store directory (e.g. /vservers/.hash); must be on the guests' filesystem.")
+# The verbs were flags before (`unify --status`); those stay for one release as hidden aliases.
+OLD_FLAGS = {"--status": "status", "--verify": "verify", "--gc": "gc", "--split": "split"}
+
+
+def _store_option(f):
+    return click.option("--store", type=click.Path(file_okay=False, path_type=Path), required=True,
+                        help="Store directory (e.g. /vservers/.hash); must be on the guests' filesystem.")(f)
+
+
+def _json_option(f):
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")(f)
+
+
+@click.group(cls=VerbGroup, old_flags=OLD_FLAGS, context_settings={"help_option_names": ["-h", "--help"]})
+def unify() -> None:
+    """Share identical guest files through a protected store."""
+
+
+@unify.default()
+@click.argument("roots", nargs=-1, required=True, metavar="GUEST_ROOT...",
+                type=click.Path(file_okay=False, path_type=Path))
+@_store_option
 @click.option("--mode", type=click.Choice([AUTO, *MODES]), default=AUTO, show_default=True,
               help="How shared files are protected: auto = vserver if the kernel has it, else reflink, else refuse.")
 @click.option("-n", "--dry-run", is_flag=True, help="Show what would be linked and saved; change no guest file.")
@@ -51,15 +70,10 @@ def summary_lines(s: engine.Summary) -> list[str]:
 @click.option("--exclude-from", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Exclude list (+/~/- fnmatch lines) replacing the default; a guest's own "
                    "<ROOT>.vunify-exclude still wins.")
-@click.option("--status", "action", flag_value="status", help="Show store size, entries, links and orphans.")
-@click.option("--verify", "action", flag_value="verify", help="Re-hash every entry; exit 3 if any no longer matches.")
-@click.option("--gc", "action", flag_value="gc", help="Remove entries no guest uses any more (honours -n).")
-@click.option("--split", "action", flag_value="split",
-              help="Give the GUEST_ROOTs private copies again and drop them from the store.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@_json_option
 @click.option("-v", "--verbose", is_flag=True, help="List every file linked (with -n: that would be linked).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
-def unify(roots, store, mode, dry_run, ignore_mtime, min_size, exclude_from, action, as_json, verbose, quiet) -> None:
+def run(roots, store, mode, dry_run, ignore_mtime, min_size, exclude_from, as_json, verbose, quiet) -> None:
     """Replace identical files in the GUEST_ROOTs by links to one protected store entry.
 
     Files are shared only when content and the metadata a link shares (mode,
@@ -71,46 +85,72 @@ def unify(roots, store, mode, dry_run, ignore_mtime, min_size, exclude_from, act
     Examples:
       imagefactory unify /vservers/web1 /vservers/web2 --store /vservers/.hash
       imagefactory unify -n --json /vservers/* --store /vservers/.hash
-      imagefactory unify --status --store /vservers/.hash
-      imagefactory unify --split /vservers/web1 --store /vservers/.hash
+      imagefactory unify status --store /vservers/.hash
+      imagefactory unify split /vservers/web1 --store /vservers/.hash
     """
-    if action in ("status", "verify", "gc") and roots:
-        raise click.UsageError(f"--{action} takes no guest roots")
-    if action != "status" and action not in ("verify", "gc") and not roots:
-        raise click.UsageError("give at least one GUEST_ROOT")
-    if action == "status":
-        st = maintain.status(store)
-        _out(as_json, st.to_dict(), [
-            f"Store:        {st.store} ({st.mode or 'no mode yet'} mode)",
-            f"Entries:      {st.entries}, {human(st.entry_bytes)}",
-            f"Guest links:  {st.guest_links} from {len(st.guests)} indexed guests",
-            f"Orphans:      {st.orphans}, {human(st.orphan_bytes)} (removed by --gc)",
-            f"Saved:        {human(st.bytes_saved)}",
-        ])
-    elif action == "verify":
-        checked, problems = maintain.verify(store, progress=Progress(quiet=quiet or as_json))
-        _out(as_json, {"checked": checked, "problems": [p.__dict__ for p in problems]},
-             [f"{p.entry}: {p.problem}" for p in problems] + [f"Verified {checked} entries, {len(problems)} problems"])
-        if problems:
-            bad = len({p.entry for p in problems})
-            raise VerificationError(f"{bad} of {checked} store entries no longer match their key")
-    elif action == "gc":
-        res = maintain.gc(store, dry_run=dry_run)
-        verb = "Would remove" if dry_run else "Removed"
-        _out(as_json, res, [f"{verb} {res['removed']} entries ({human(res['bytes'])}) "
-                            f"and {res['indexes_removed']} indexes of vanished guests"])
-    elif action == "split":
-        results = [maintain.split(r, store) for r in roots]
-        _out(as_json, results, [f"{r['guest']}: {r['copied']} files made private ({human(r['bytes'])})"
-                                for r in results])
-    else:
-        opts = engine.UnifyOptions(mode, dry_run, ignore_mtime, min_size, exclude_from, list_files=verbose)
-        s = engine.run(list(roots), store, opts, Progress(quiet=quiet or as_json))
-        for w in s.warnings:
-            click.echo(f"imagefactory: warning: {w}", err=True)
-        verb = "would link" if dry_run else "linked"
-        listing = [f"{verb} {path} ({size} B) -> {entry}" for path, entry, size in sorted(s.listing or [])]
-        _out(as_json, s.to_dict(), listing + summary_lines(s))
+    opts = engine.UnifyOptions(mode, dry_run, ignore_mtime, min_size, exclude_from, list_files=verbose)
+    s = engine.run(list(roots), store, opts, Progress(quiet=quiet or as_json))
+    for w in s.warnings:
+        click.echo(f"imagefactory: warning: {w}", err=True)
+    verb = "would link" if dry_run else "linked"
+    listing = [f"{verb} {path} ({size} B) -> {entry}" for path, entry, size in sorted(s.listing or [])]
+    _out(as_json, s.to_dict(), listing + summary_lines(s))
+
+
+@unify.command()
+@_store_option
+@_json_option
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+def status(store: Path, as_json: bool, quiet: bool) -> None:
+    """Show store size, entries, links and orphans."""
+    st = maintain.status(store)
+    _out(as_json, st.to_dict(), [
+        f"Store:        {st.store} ({st.mode or 'no mode yet'} mode)",
+        f"Entries:      {st.entries}, {human(st.entry_bytes)}",
+        f"Guest links:  {st.guest_links} from {len(st.guests)} indexed guests",
+        f"Orphans:      {st.orphans}, {human(st.orphan_bytes)} (removed by gc)",
+        f"Saved:        {human(st.bytes_saved)}",
+    ])
+
+
+@unify.command()
+@_store_option
+@_json_option
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+def verify(store: Path, as_json: bool, quiet: bool) -> None:
+    """Re-hash every entry; exit 3 if any no longer matches."""
+    checked, problems = maintain.verify(store, progress=Progress(quiet=quiet or as_json))
+    _out(as_json, {"checked": checked, "problems": [p.__dict__ for p in problems]},
+         [f"{p.entry}: {p.problem}" for p in problems] + [f"Verified {checked} entries, {len(problems)} problems"])
+    if problems:
+        bad = len({p.entry for p in problems})
+        raise VerificationError(f"{bad} of {checked} store entries no longer match their key")
+
+
+@unify.command()
+@_store_option
+@click.option("-n", "--dry-run", is_flag=True, help="Only say what would be removed.")
+@_json_option
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+def gc(store: Path, dry_run: bool, as_json: bool, quiet: bool) -> None:
+    """Remove entries no guest uses any more (and indexes of vanished guests)."""
+    res = maintain.gc(store, dry_run=dry_run)
+    verb = "Would remove" if dry_run else "Removed"
+    _out(as_json, res, [f"{verb} {res['removed']} entries ({human(res['bytes'])}) "
+                        f"and {res['indexes_removed']} indexes of vanished guests"])
+
+
+@unify.command()
+@click.argument("roots", nargs=-1, required=True, metavar="GUEST_ROOT...",
+                type=click.Path(file_okay=False, path_type=Path))
+@_store_option
+@_json_option
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+def split(roots: tuple[Path, ...], store: Path, as_json: bool, quiet: bool) -> None:
+    """Give the GUEST_ROOTs private copies again and drop them from the store."""
+    results = [maintain.split(r, store) for r in roots]
+    _out(as_json, results, [f"{r['guest']}: {r['copied']} files made private ({human(r['bytes'])})"
+                            for r in results])
 
 
 def _out(as_json: bool, data, lines: list[str]) -> None:

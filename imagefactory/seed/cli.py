@@ -13,6 +13,7 @@ from imagefactory.core.errors import ImageFactoryError
 from imagefactory.core.manifest import IMAGE_SUFFIX
 from imagefactory.core.progress import Progress
 from imagefactory.core.units import human
+from imagefactory.core.verbs import VerbGroup
 from imagefactory.seed import barrier, check, inventory
 from imagefactory.seed.guest import Guest, Interface, check_hostname, check_name
 from imagefactory.seed.limits import Limits
@@ -106,9 +107,14 @@ def run_unify(result: SeedResult, confdir: Path, store: Path, mode: str, progres
     return summary.to_dict()
 
 
-@click.command(epilog="Without a VServer kernel, use the nspawn/ or lxc/ files in the conf dir; see docs/seed.md.")
-@click.argument("source", required=False)
-@click.argument("name", required=False)
+@click.group(cls=VerbGroup, old_flags={"--check": "check"}, context_settings={"help_option_names": ["-h", "--help"]})
+def seed() -> None:
+    """Seed guests from images; `seed check` checks every guest on this host."""
+
+
+@seed.default(epilog="Without a VServer kernel, use the nspawn/ or lxc/ files in the conf dir; see docs/seed.md.")
+@click.argument("source")
+@click.argument("name")
 @click.option("--vdir", type=DIR, default=Path("/vservers"), show_default=True, help="Directory holding guest roots.")
 @click.option("--confdir", type=DIR, default=Path("/etc/vservers"), show_default=True,
               help="util-vserver config base; the guest's config goes to CONFDIR/NAME.")
@@ -126,11 +132,10 @@ def run_unify(result: SeedResult, confdir: Path, store: Path, mode: str, progres
 @click.option("--keyring", type=click.Path(dir_okay=False, path_type=Path), help="Key for the repository's signature.")
 @click.option("--cache", type=DIR, default=Path("/var/cache/imagefactory/images"), show_default=True,
               help="Where pulled images are kept.")
-@click.option("--check", "do_check", is_flag=True, help="Check all guests instead: overcommit, duplicates, barrier.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
-def seed(source, name, vdir, confdir, address, dev, hostname, memory, cpu, do_unify, store, unify_mode,
-         replace, repo, keyring, cache, do_check, as_json, quiet) -> None:
+def run(source, name, vdir, confdir, address, dev, hostname, memory, cpu, do_unify, store, unify_mode,
+        replace, repo, keyring, cache, as_json, quiet) -> None:
     """Seed guest NAME from SOURCE: a local IMAGE.tar.zst (with its manifest beside it),
     NAME[@VERSION] from --repo, or REPO-URL/NAME[@VERSION].
 
@@ -144,14 +149,8 @@ def seed(source, name, vdir, confdir, address, dev, hostname, memory, cpu, do_un
     Example:
       imagefactory seed debian-sid.tar.zst web1 --ip 10.0.0.11/24 --dev eth0 \\
           --hostname web1.example.net --memory 512M --cpu 25%
+      imagefactory seed check          # every guest: overcommit, duplicates, barrier
     """
-    if do_check:
-        if source or name:
-            raise click.UsageError("--check takes no SOURCE/NAME")
-        run_check(confdir, vdir, as_json)
-        return
-    if not source or not name:
-        raise click.UsageError("need SOURCE and NAME (or --check)")
     if not address:
         raise click.UsageError("need --ip IP/PREFIX")
     if do_unify and store is None:
@@ -180,6 +179,16 @@ def seed(source, name, vdir, confdir, address, dev, hostname, memory, cpu, do_un
         click.echo(json.dumps({**result.to_dict(), "unified": unified}, indent=2))
     else:
         _print_seed(result, unified)
+
+
+@seed.command("check")
+@click.option("--vdir", type=DIR, default=Path("/vservers"), show_default=True, help="Directory holding guest roots.")
+@click.option("--confdir", type=DIR, default=Path("/etc/vservers"), show_default=True, help="util-vserver config base.")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="(no progress to hide; accepted like the other commands)")
+def check_guests(vdir: Path, confdir: Path, as_json: bool, quiet: bool) -> None:
+    """Check every guest: memory overcommit, duplicate contexts and IPs, the chroot barrier."""
+    run_check(confdir, vdir, as_json)
 
 
 @click.command()

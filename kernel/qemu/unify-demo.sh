@@ -45,7 +45,7 @@ step guest_update_rename_over sh -c 'printf "tool version 2\n" >/vservers/g1/usr
 step guest_sees_update grep -q 'version 2' /vservers/g1/usr/bin/tool
 step other_guest_unchanged sh -c '[ "$(sha256sum </vservers/g2/usr/bin/tool)" = "$before" ]'
 step guest_unlink_unified sh -c 'rm /vservers/g2/usr/lib/json/encoder.py && [ ! -e /vservers/g2/usr/lib/json/encoder.py ] && [ -e /vservers/g1/usr/lib/json/encoder.py ]'
-step store_verifies ifc unify --verify --store /vservers/.hash
+step store_verifies ifc unify verify --store /vservers/.hash
 
 echo "UNIFY-DEMO-SUMMARY passed=$passed failed=$failed"
 sync

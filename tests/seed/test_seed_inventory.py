@@ -1,4 +1,4 @@
-"""`imagefactory guests` and `imagefactory seed --check`."""
+"""`imagefactory guests` and `imagefactory seed check`."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def test_check_reports_duplicates_overcommit_and_barrier(tmp_path, capsys):
     image = tiny_image(tmp_path)
     etc = tmp_path / "etc"
     assert run_cli(seed_args(image, "big", tmp_path, "--memory", "64T"), capsys)[0] == 0
-    code, out, _ = run_cli(["seed", "--check", "--confdir", str(etc), "--vdir", str(tmp_path / "vservers"), "--json"],
+    code, out, _ = run_cli(["seed", "check", "--confdir", str(etc), "--vdir", str(tmp_path / "vservers"), "--json"],
                            capsys)
     report = json.loads(out)
     codes = {f["code"] for f in report["findings"]}
@@ -91,14 +91,17 @@ def test_check_reports_duplicates_overcommit_and_barrier(tmp_path, capsys):
 
     shutil.copytree(etc / "big", etc / "clone", symlinks=True)  # a hand-made copy: same context and IP
     (etc / "clone/name").write_text("clone\n")
-    code, out, _ = run_cli(["seed", "--check", "--confdir", str(etc)], capsys)
+    code, out, err = run_cli(["seed", "--check", "--confdir", str(etc)], capsys)  # the old flag, for one release
+    assert "`seed --check` is deprecated" in err and "use `imagefactory seed check`" in err
     assert code == 1
     assert "error: context 40000 used by big, clone" in out and "error: IP 10.0.0.11 used by big, clone" in out
 
 
 def test_check_rejects_positional_arguments(tmp_path, capsys):
-    code, _, err = run_cli(["seed", "--check", "x.tar.zst", "--confdir", str(tmp_path)], capsys)
-    assert code == 2 and "--check takes no SOURCE/NAME" in err
+    code, _, err = run_cli(["seed", "check", "x.tar.zst", "--confdir", str(tmp_path)], capsys)
+    assert code == 2 and "unexpected extra argument (x.tar.zst)" in err
+    code, _, err = run_cli(["seed", "x.tar.zst", "--confdir", str(tmp_path)], capsys)
+    assert code == 2 and "Missing argument 'NAME'" in err and "imagefactory seed [OPTIONS] SOURCE NAME" in err
 
 
 def test_empty_host(tmp_path, capsys):

@@ -44,7 +44,7 @@ def test_summary_and_json(tmp_path, guests, capsys):
     data = json.loads(out.out)
     assert data["linked"] == 4 and data["mode"] == "hardlink" and data["dry_run"] is False
     assert "HARDLINK MODE" in out.err
-    status = json.loads(run_ok(capsys, "--status", "--store", store, "--json").out)
+    status = json.loads(run_ok(capsys, "status", "--store", store, "--json").out)
     assert (status["entries"], status["guest_links"], status["orphans"]) == (2, 4, 0)
 
 
@@ -62,37 +62,57 @@ def test_auto_mode_refuses_on_plain_ext4_with_one_line(tmp_path, guests, capsys,
 def test_verify_reports_a_tampered_entry_and_gc_removes_orphans(tmp_path, guests, capsys):
     store = tmp_path / "store"
     run_ok(capsys, *guests, "--store", store, "--mode", "hardlink")
-    assert "Verified 2 entries, 0 problems" in run_ok(capsys, "--verify", "--store", store).out
+    assert "Verified 2 entries, 0 problems" in run_ok(capsys, "verify", "--store", store).out
     # A guest writing in place (what hardlink mode cannot prevent) changes the shared entry.
     with open(guests[0] / "usr/bin/tool", "r+b") as f:
         f.write(b"#!/bin/false")
-    code, out, err = run(capsys, "--verify", "--store", store)
+    code, out, err = run(capsys, "verify", "--store", store)
     assert code == 3 and "content changed" in out
     assert err.startswith("imagefactory: error: 1 of 2 store entries no longer match")
     for g in guests:  # both guests replace libx: its entry becomes an orphan
         write(g / "usr/lib/libx.so.new", b"new lib" * 50)
         os.rename(g / "usr/lib/libx.so.new", g / "usr/lib/libx.so.1")
-    assert "Would remove 1 entries" in run_ok(capsys, "--gc", "-n", "--store", store).out
+    assert "Would remove 1 entries" in run_ok(capsys, "gc", "-n", "--store", store).out
     assert len(Store(store).names()) == 2
-    assert "Removed 1 entries" in run_ok(capsys, "--gc", "--store", store).out
+    assert "Removed 1 entries" in run_ok(capsys, "gc", "--store", store).out
     assert len(Store(store).names()) == 1
 
 
 def test_split_gives_private_copies(tmp_path, guests, capsys):
     store = tmp_path / "store"
     run_ok(capsys, *guests, "--store", store, "--mode", "hardlink")
-    out = run_ok(capsys, "--split", guests[0], "--store", store)
+    out = run_ok(capsys, "split", guests[0], "--store", store)
     assert "2 files made private" in out.out
     assert (guests[0] / "usr/bin/tool").stat().st_nlink == 1
     assert (guests[0] / "usr/bin/tool").read_bytes() == (guests[1] / "usr/bin/tool").read_bytes()
-    status = json.loads(run_ok(capsys, "--status", "--json", "--store", store).out)
+    status = json.loads(run_ok(capsys, "status", "--json", "--store", store).out)
     assert str(guests[0]) not in status["guests"] and str(guests[1]) in status["guests"]
 
 
 def test_usage_errors(tmp_path, guests, capsys):
-    assert run(capsys, "--status", guests[0], "--store", tmp_path / "s")[0] == 2
+    assert run(capsys, "status", guests[0], "--store", tmp_path / "s")[0] == 2
     assert run(capsys, "--store", tmp_path / "s")[0] == 2
-    code, _, err = run(capsys, "--status", "--store", tmp_path / "nostore")
+    code, _, err = run(capsys, "status", "--store", tmp_path / "nostore")
     assert code == 1 and "is not a unify store" in err
     code, _, err = run(capsys, tmp_path / "missing", "--store", tmp_path / "s", "--mode", "hardlink")
     assert code != 0 and err.count("\n") <= 2 and "Traceback" not in err
+
+
+def test_old_flags_are_deprecated_aliases(tmp_path, guests, capsys):
+    """`unify --status/--verify/--gc/--split` still work for one release, with one warning line."""
+    store = tmp_path / "store"
+    run_ok(capsys, *guests, "--store", store, "--mode", "hardlink")
+    out = run_ok(capsys, "--status", "--json", "--store", store)
+    assert json.loads(out.out)["entries"] == 2
+    assert out.err.count("\n") == 1 and "`unify --status` is deprecated" in out.err
+    assert "use `imagefactory unify status`" in out.err
+    assert "Verified 2 entries" in run_ok(capsys, "--store", store, "--verify").out
+    assert run(capsys, "--gc", "--verify", "--store", store)[0] == 2
+
+
+def test_help_shows_the_default_and_the_verbs(capsys):
+    with pytest.raises(SystemExit):
+        main(["unify", "--help"])
+    out = capsys.readouterr().out
+    assert "Usage: imagefactory unify [OPTIONS] GUEST_ROOT..." in out and "--min-size" in out
+    assert all(f"  {verb} " in out for verb in ("status", "verify", "gc", "split")) and "  run " not in out
