@@ -22,6 +22,7 @@ class Kind(Enum):
     BOOL = "a boolean"
     STRINGS = "a list of strings"
     TABLES = "a list of tables"
+    TABLE = "a table"
 
     def check(self, value: Any, where: str, key: str) -> None:
         ok = {
@@ -29,6 +30,7 @@ class Kind(Enum):
             Kind.BOOL: isinstance(value, bool),
             Kind.STRINGS: isinstance(value, list) and all(isinstance(v, str) for v in value),
             Kind.TABLES: isinstance(value, list) and all(isinstance(v, dict) for v in value),
+            Kind.TABLE: isinstance(value, dict),
         }[self]
         if not ok:
             raise RecipeError(f"{where}: key {key!r} must be {self.value}, not {_toml_type(value)}")

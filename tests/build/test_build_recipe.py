@@ -121,3 +121,13 @@ def test_wrong_kind_names_the_key_and_both_kinds(tmp_path):
     bad.write_text('family = "debian"\nsuite = "sid"\n[[customize]]\nrun = 1\n')
     with pytest.raises(RecipeError, match=r"customize\[0\]: key 'run' must be a string"):
         recipe.load(str(bad))
+
+
+def test_kinds_are_exact():
+    from imagefactory.core.tomlcheck import Kind
+
+    for kind, good, bad in [(Kind.STRING, "x", True), (Kind.BOOL, False, "false"), (Kind.STRINGS, ["a"], "a"),
+                            (Kind.TABLES, [{}], {}), (Kind.TABLE, {"a": 1}, [{}])]:
+        kind.check(good, "f.toml", "k")
+        with pytest.raises(RecipeError, match=f"key 'k' must be {kind.value}"):
+            kind.check(bad, "f.toml", "k")
