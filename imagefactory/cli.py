@@ -27,6 +27,8 @@ COMMANDS: dict[str, str] = {
     "kernel": "kernel.cli:kernel",
     "seed": "imagefactory.seed.cli:seed",
     "guests": "imagefactory.seed.cli:guests",
+    "mount": "imagefactory.seed.mount_cli:mount_cmd",
+    "umount": "imagefactory.seed.mount_cli:umount_cmd",
 }
 
 EXIT_CODES = """\b
