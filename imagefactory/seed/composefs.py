@@ -66,7 +66,8 @@ class ComposefsRoot(PlainRoot):
         self.record = GuestRecord(root=str(guest.root), store=str(self.store.root), meta=self.meta, phase="active",
                                   image_sha256=sha)
         progress.stage(f"composefs: metadata layer ({self.meta})")
-        build_state(self.stage, self.entries, self.record, self.opts, progress, self.store.image_listing(sha))
+        build_state(self.stage, self.entries, self.record, self.opts, progress,
+                    self.store.image_listing(sha).with_suffix(""))
 
     def _known_listing(self, sha: str) -> list[dump.Entry]:
         path = self.store.image_listing(sha)

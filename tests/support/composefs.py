@@ -7,6 +7,7 @@ import hashlib
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 from unify.composefs.mount import mounts
@@ -47,3 +48,19 @@ def umount_below(top: Path) -> None:
     for m in sorted(mounts_below(top), key=len, reverse=True):
         with contextlib.suppress(subprocess.CalledProcessError):
             subprocess.run(["umount", m], check=True, capture_output=True)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("IMAGEFACTORY_CACHE", "/var/cache/imagefactory"))
+
+
+def sid_image() -> Path:
+    """A real debian-sid image, built once from the host's mirror and kept in the test cache
+    ($IMAGEFACTORY_CACHE/test-images/); the build is reproducible, so a kept one is as good."""
+    out = cache_dir() / "test-images"
+    image = out / "debian-sid.tar.zst"
+    if not (out / "debian-sid.manifest.json").is_file():
+        subprocess.run([sys.executable, "-m", "imagefactory", "build", "debian-sid", "-o", str(out),
+                        "--allow-expired-release", "--cache-dir", str(cache_dir())], check=True,
+                       capture_output=True)
+    return image

@@ -20,11 +20,19 @@ from imagefactory.core.errors import EnvironmentProblem
 from imagefactory.core.progress import Progress
 
 
+def default_options() -> BuildOptions:
+    """Where the tools root is cached ($IMAGEFACTORY_CACHE, as for builds). A mirror whose sid
+    Release is past Valid-Until (snapshot mirrors) needs IMAGEFACTORY_ALLOW_EXPIRED_RELEASE=1 for
+    the one build of the tools root."""
+    return BuildOptions(cache_dir=Path(os.environ.get("IMAGEFACTORY_CACHE", "/var/cache/imagefactory")),
+                        allow_expired_release=os.environ.get("IMAGEFACTORY_ALLOW_EXPIRED_RELEASE") == "1")
+
+
 def mkcomposefs(listing: bytes, target: Path, opts: BuildOptions | None = None,
                 progress: Progress | None = None) -> None:
     """Write the EROFS image for listing to target (fsync'd; the caller renames it into place)."""
     progress = progress or Progress(quiet=True)
-    argv, root = tools.host_or_tools("mkcomposefs", opts or BuildOptions(), progress)
+    argv, root = tools.host_or_tools("mkcomposefs", opts or default_options(), progress)
     argv = [*argv, "--from-file", "-", "-"]
     proc = root.run(argv, input=listing, check=False) if root else \
         subprocess.run(argv, input=listing, capture_output=True, check=False)
@@ -33,7 +41,9 @@ def mkcomposefs(listing: bytes, target: Path, opts: BuildOptions | None = None,
                                  f"{proc.stderr.decode(errors='replace').strip()[:300]}")
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
-        os.write(fd, proc.stdout)
+        view = memoryview(proc.stdout)
+        while view:
+            view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -130,11 +130,11 @@ def gc(store: ObjectStore, dry_run: bool = False) -> dict:
                 os.unlink(f)
         images = {g.image_sha256 for g in guests if g.image_sha256}
         if store.images.is_dir():
-            for listing in sorted(store.images.glob("*.dump")):
-                if listing.name.removesuffix(".dump") not in images:
+            for kept in sorted(store.images.iterdir()):
+                if kept.name.split(".")[0] not in images:
                     out["listings_removed"] += 1
                     if not dry_run:
-                        listing.unlink()
+                        kept.unlink()
         used = set().union(*(g.digests for g in guests)) if guests else set()
         for d in list(store.digests()):
             if d in used:

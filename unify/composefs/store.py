@@ -11,6 +11,8 @@
                             of the guest root's absolute path)
     S/images/SHA256.dump    the listing of an image seeded before: the next guest of that image
                             is made from it without reading the image's content again
+    S/images/SHA256.cfs     the EROFS metadata image made from that listing (guests of the image
+                            hard-link it: it is mounted read-only)
 
 An object is written to tmp/, flushed, and renamed to its name only if that name is still
 free, so an object either does not exist or holds exactly the content its name says.
