@@ -78,14 +78,14 @@ class ImageReader:
         e = Entry(path=path, mode=stat.S_IMODE(m.mode), uid=m.uid, gid=m.gid, mtime_ns=_mtime_ns(m),
                   xattrs=_wanted_xattrs(m))
         if m.islnk():
-            target = self.by_path.get(self._path(m.linkname))
-            if target is None or not stat.S_ISREG(target.mode) or target.hardlink:
+            first = self.by_path.get(self._path(m.linkname))
+            if first is None or not stat.S_ISREG(first.mode) or first.hardlink:
                 raise UnsafeInput(f"image member {m.name!r}: hard link to {m.linkname!r}, "
                                   "not a regular file of the image")
-            target.nlink += 1
-            e.mode, e.hardlink, e.payload = target.mode, True, target.path
-            e.size, e.digest, e.uid, e.gid, e.mtime_ns, e.xattrs = (target.size, target.digest, target.uid,
-                                                                    target.gid, target.mtime_ns, target.xattrs)
+            first.nlink += 1
+            e.mode, e.hardlink, e.payload = first.mode, True, first.path
+            e.size, e.digest, e.uid, e.gid, e.mtime_ns, e.xattrs = (first.size, first.digest, first.uid,
+                                                                    first.gid, first.mtime_ns, first.xattrs)
         elif m.type not in _TYPES:
             raise UnsafeInput(f"image member {m.name!r}: unsupported type {m.type!r} (block devices are refused)")
         else:

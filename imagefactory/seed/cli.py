@@ -81,7 +81,8 @@ def run_check(confdir: Path, vdir: Path | None, as_json: bool) -> None:
         }, indent=2))
     else:
         total = sum(g.memory or 0 for g in guests)
-        click.echo(f"{len(guests)} guests; RSS hard limits {total // MIB} MiB, RAM {ram // MIB} MiB, swap {swap // MIB} MiB")
+        click.echo(f"{len(guests)} guests; RSS hard limits {total // MIB} MiB, RAM {ram // MIB} MiB, "
+                   f"swap {swap // MIB} MiB")
         for status in statuses:
             click.echo(f"barrier on {status.path}: {status.detail}")
         for finding in findings:
@@ -181,7 +182,7 @@ def seed(source, name, vdir, confdir, address, dev, hostname, memory, cpu, do_un
         layout = composefs.layout_for(guest.store, unify_mode, meta) if do_unify and guest.store else None
         result = seed_image(image, guest, replace=replace, progress=progress, layout=layout)
         unified = None
-        if do_unify:
+        if do_unify and guest.store is not None:
             unified = layout.summary() if layout else run_unify(result, guest.confdir, guest.store, unify_mode,
                                                                 progress)
     finally:
@@ -201,8 +202,9 @@ def guests(confdir, as_json) -> None:
     if as_json:
         click.echo(json.dumps([g.to_dict() for g in rows], indent=2))
         return
-    header = f"{'NAME':<16} {'CTX':>5}  {'IMAGE':<24} {'VERSION':<15} {'IP':<18} {'SIZE':>9} {'SHARED':>6} {'MEMORY':>7} {'CPU':>6}"
-    click.echo(header + f" {'MOUNTED':>7} {'UPPER':>9}")
+    header = (f"{'NAME':<16} {'CTX':>5}  {'IMAGE':<24} {'VERSION':<15} {'IP':<18} {'SIZE':>9} {'SHARED':>6} "
+              f"{'MEMORY':>7} {'CPU':>6} {'MOUNTED':>7} {'UPPER':>9}")
+    click.echo(header)
 
     def fmt(value, spec: str = "", suffix: str = "") -> str:
         return "-" if value is None else f"{value:{spec}}{suffix}"

@@ -81,8 +81,8 @@ def run(action: str | None, roots: list[Path], store_dir: Path, meta: str, dry_r
                             f"{res['listings_removed']} image listings and {res['registrations_removed']} "
                             "registrations of vanished guests"])
     elif action == "split":
-        results = [convert.split(r, progress) for r in roots]
-        _out(as_json, results, [f"{r['guest']}: a plain directory again" for r in results])
+        splits = [convert.split(r, progress) for r in roots]
+        _out(as_json, splits, [f"{r['guest']}: a plain directory again" for r in splits])
     else:
         if dry_run:
             raise click.UsageError("--mode composefs has no dry run (it would have to copy every file to hash it)")
