@@ -19,7 +19,7 @@ from imagefactory.core.errors import ImageFactoryError
 COMMANDS: dict[str, str] = {
     "build": "imagefactory.build.cli:build",
     "recipes": "imagefactory.build.cli:recipes",
-    "unify": "unify.cli:unify",
+    "unify": "unify.composefs.cli:unify",
     "report": "unify.report.cli:report",
     "publish": "repo.cli:publish",
     "repo": "repo.cli:repo",

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import click
 
-from imagefactory.core.errors import EnvironmentProblem, VerificationError
+from imagefactory.core.errors import VerificationError
 from imagefactory.core.progress import Progress
 from imagefactory.core.units import human
 from unify import engine, maintain
-from unify.composefs import cli as composefs_cli
 from unify.protect import MODES
 
 
@@ -43,11 +42,8 @@ def summary_lines(s: engine.Summary) -> list[str]:
 @click.argument("roots", nargs=-1, metavar="[GUEST_ROOT]...", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--store", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Store directory (e.g. /vservers/.hash); must be on the guests' filesystem.")
-@click.option("--mode", type=click.Choice(["auto", *MODES, "composefs"]), default="auto", show_default=True,
-              help="How shared files are protected: auto = vserver if the kernel has it, else composefs "
-                   "(overlayfs over a shared object store), else reflink, else refuse.")
-@click.option("--meta", type=click.Choice(["erofs", "dir"]), default="erofs", show_default=True,
-              help="composefs metadata layer: an EROFS image by mkcomposefs, or a directory of sparse files.")
+@click.option("--mode", type=click.Choice(["auto", *MODES]), default="auto", show_default=True,
+              help="How shared files are protected: auto = vserver if the kernel has it, else reflink, else refuse.")
 @click.option("-n", "--dry-run", is_flag=True, help="Show what would be linked and saved; change no guest file.")
 @click.option("--ignore-mtime", is_flag=True, help="Link files whose only difference is the mtime.")
 @click.option("--min-size", type=click.IntRange(min=1), default=16, show_default=True,
@@ -63,8 +59,7 @@ def summary_lines(s: engine.Summary) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 @click.option("-v", "--verbose", is_flag=True, help="List every file linked (with -n: that would be linked).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
-def unify(roots, store, mode, meta, dry_run, ignore_mtime, min_size, exclude_from, action, as_json, verbose,
-          quiet) -> None:
+def unify(roots, store, mode, dry_run, ignore_mtime, min_size, exclude_from, action, as_json, verbose, quiet) -> None:
     """Replace identical files in the GUEST_ROOTs by links to one protected store entry.
 
     Files are shared only when content and the metadata a link shares (mode,
@@ -83,13 +78,6 @@ def unify(roots, store, mode, meta, dry_run, ignore_mtime, min_size, exclude_fro
         raise click.UsageError(f"--{action} takes no guest roots")
     if action != "status" and action not in ("verify", "gc") and not roots:
         raise click.UsageError("give at least one GUEST_ROOT")
-    reason, why_not = "chosen with --mode", ""
-    if action is None and mode == "auto" and not dry_run:
-        mode, reason = composefs_cli.auto_mode(store)
-        why_not = reason if reason.startswith("composefs not available") else ""
-    if mode == "composefs" or (action and composefs_cli.is_composefs_store(store)):
-        composefs_cli.run(action, list(roots), store, meta, dry_run, as_json, quiet, reason)
-        return
     if action == "status":
         st = maintain.status(store)
         _out(as_json, st.to_dict(), [
@@ -116,14 +104,9 @@ def unify(roots, store, mode, meta, dry_run, ignore_mtime, min_size, exclude_fro
         _out(as_json, results, [f"{r['guest']}: {r['copied']} files made private ({human(r['bytes'])})"
                                 for r in results])
     else:
-        try:
-            s = engine.unify(list(roots), store, mode=mode, dry_run=dry_run, ignore_mtime=ignore_mtime,
-                             min_size=min_size, exclude_file=exclude_from, progress=Progress(quiet=quiet or as_json),
-                             list_files=verbose)
-        except EnvironmentProblem as exc:
-            raise EnvironmentProblem(f"{exc}; {why_not}" if why_not else str(exc)) from None
-        if why_not:
-            s.warnings.append(why_not)
+        s = engine.unify(list(roots), store, mode=mode, dry_run=dry_run, ignore_mtime=ignore_mtime,
+                         min_size=min_size, exclude_file=exclude_from, progress=Progress(quiet=quiet or as_json),
+                         list_files=verbose)
         for w in s.warnings:
             click.echo(f"imagefactory: warning: {w}", err=True)
         verb = "would link" if dry_run else "linked"

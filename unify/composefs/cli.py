@@ -1,5 +1,6 @@
-"""What `imagefactory unify` does for composefs stores and `--mode composefs` (unify/cli.py
-hands over here): convert, --split, --status, --verify, --gc, and the auto-mode choice."""
+"""`imagefactory unify` with composefs: the unify command of unify/cli.py plus `--mode composefs`,
+`--meta`, the auto-mode choice, and convert / --split / --status / --verify / --gc for composefs
+stores; everything else goes to the plain unify command unchanged."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from pathlib import Path
 
 import click
 
-from imagefactory.core.errors import ImageFactoryError, VerificationError
+from imagefactory.core.errors import EnvironmentProblem, ImageFactoryError, VerificationError
 from imagefactory.core.progress import Progress
 from imagefactory.core.units import human
 from unify import probe
+from unify.cli import unify as plain_unify
 from unify.composefs import convert, maintain, support
 from unify.composefs.store import ObjectStore
 from unify.store import Store
@@ -94,3 +96,44 @@ def run(action: str | None, roots: list[Path], store_dir: Path, meta: str, dry_r
                  f"{r.guest}: already a composefs guest (mounted)" if r.already else
                  f"{r.guest}: {r.files} files, {human(r.bytes)}; {r.objects_added} new objects "
                  f"({human(r.bytes_added)}); mounted; {r.seconds:.2f} s" for r in results])
+
+
+def _params() -> list[click.Parameter]:
+    params = []
+    for p in plain_unify.params:
+        if p.name == "mode" and isinstance(p, click.Option):
+            p = click.Option(["--mode"], type=click.Choice([*p.type.choices, "composefs"]),  # type: ignore[attr-defined]
+                             default="auto", show_default=True,
+                             help="How shared files are protected: auto = vserver if the kernel has it, else "
+                                  "composefs (overlayfs over a shared object store), else reflink, else refuse.")
+        params.append(p)
+    params.insert(3, click.Option(["--meta"], type=click.Choice(META_CHOICES), default="erofs", show_default=True,
+                                  help="composefs metadata layer: an EROFS image written by mkcomposefs, or a "
+                                       "directory of sparse files (no tool needed)."))
+    return params
+
+
+def _unify(meta: str, **kw) -> None:
+    roots, store, mode, action = list(kw["roots"]), kw["store"], kw["mode"], kw["action"]
+    if action in ("status", "verify", "gc") and roots:
+        raise click.UsageError(f"--{action} takes no guest roots")
+    if action not in ("status", "verify", "gc") and not roots:
+        raise click.UsageError("give at least one GUEST_ROOT")
+    reason, why_not = "chosen with --mode", ""
+    if action is None and mode == "auto" and not kw["dry_run"]:
+        mode, reason = auto_mode(store)
+        why_not = reason if reason.startswith("composefs not available") else ""
+    if mode == "composefs" or (action and is_composefs_store(store)):
+        run(action, roots, store, meta, kw["dry_run"], kw["as_json"], kw["quiet"], reason)
+        return
+    assert plain_unify.callback is not None
+    try:
+        plain_unify.callback(**{**kw, "mode": mode})
+    except EnvironmentProblem as exc:
+        raise EnvironmentProblem(f"{exc}; {why_not}" if why_not else str(exc)) from None
+    if why_not:
+        click.echo(f"imagefactory: warning: {why_not}", err=True)
+
+
+unify = click.Command("unify", params=_params(), callback=_unify, help=plain_unify.help,
+                      context_settings={"help_option_names": ["-h", "--help"]})
