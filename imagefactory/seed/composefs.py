@@ -14,8 +14,8 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from imagefactory.build.plan import BuildOptions
 from imagefactory.core.progress import Progress
 from imagefactory.seed.cfs_tar import ImageReader
 from imagefactory.seed.guest import Guest
@@ -26,6 +26,9 @@ from unify.composefs.convert import recover
 from unify.composefs.guest import STATE_DIR, GuestLayers, GuestRecord, clean_stale_staging
 from unify.composefs.layers import build_state
 from unify.composefs.store import ObjectStore
+
+if TYPE_CHECKING:
+    from imagefactory.build.plan import BuildOptions
 
 UNITS_DIR = "composefs"
 

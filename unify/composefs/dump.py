@@ -12,6 +12,7 @@ object, so a file's bytes exist once per store, whichever layer format a guest u
 
 from __future__ import annotations
 
+import re
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -47,7 +48,14 @@ def object_path(digest: str) -> str:
     return f"{digest[:2]}/{digest[2:]}"
 
 
-_PLAIN = frozenset(range(0x21, 0x7F)) - {ord("\\")}
+_ESCAPE = re.compile(rb"[^\x21-\x5b\x5d-\x7e]")  # all but printable ASCII without backslash
+_ESCAPE_XATTR = re.compile(rb"[^\x21-\x3c\x3e-\x5b\x5d-\x7e]")  # ... and without '='
+_UNESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|.)")
+_NAMED = {"\\": b"\\", "n": b"\n", "r": b"\r", "t": b"\t"}
+
+
+def _hex(m: re.Match) -> bytes:
+    return b"\\x%02x" % m[0][0]
 
 
 def escape(data: bytes, xattr: bool = False) -> str:
@@ -55,34 +63,22 @@ def escape(data: bytes, xattr: bool = False) -> str:
         return "-"
     if data == b"-":
         return "\\x2d"
-    out = []
-    for b in data:
-        if b in _PLAIN and not (xattr and b == ord("=")):
-            out.append(chr(b))
-        else:
-            out.append(f"\\x{b:02x}")
-    return "".join(out)
+    return (_ESCAPE_XATTR if xattr else _ESCAPE).sub(_hex, data).decode("ascii")
+
+
+def _unhex(m: re.Match) -> str:
+    code = m[1]
+    raw = bytes([int(code[1:], 16)]) if code[0] == "x" else _NAMED[code]
+    return raw.decode("latin-1")
 
 
 def unescape(text: str) -> bytes:
     if text == "-":
         return b""
-    out = bytearray()
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if c != "\\":
-            out += c.encode()
-            i += 1
-            continue
-        nxt = text[i + 1:i + 2]
-        if nxt == "x":
-            out.append(int(text[i + 2:i + 4], 16))
-            i += 4
-        else:
-            out += {"\\": b"\\", "n": b"\n", "r": b"\r", "t": b"\t"}[nxt]
-            i += 2
-    return bytes(out)
+    if "\\" not in text:
+        return text.encode()
+    # Unescaped parts are ASCII, so latin-1 maps the result back to the exact bytes.
+    return _UNESCAPE.sub(_unhex, text).encode("latin-1")
 
 
 def _name(path: str) -> bytes:

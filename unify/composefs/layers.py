@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from imagefactory.build.plan import BuildOptions
 from imagefactory.core.progress import Progress
-from unify.composefs import dump, erofs, metadir
+from unify.composefs import dump, metadir
 from unify.composefs.guest import GuestLayers, GuestRecord
 from unify.composefs.store import syncfs
+
+if TYPE_CHECKING:
+    from imagefactory.build.plan import BuildOptions
 
 
 def _link(source: Path, target: Path) -> bool:
@@ -39,12 +42,13 @@ def build_state(stage: GuestLayers, entries: list[dump.Entry], record: GuestReco
     (read-only layers, so one inode for all guests of an image: no disk and one page cache),
     and the first guest of an image leaves its EROFS image there for the next."""
     stage.make_dirs(record.meta)
-    listing = dump.render(entries)
     if template is None or not _link(template.with_suffix(".dump"), stage.listing):
-        Path(stage.listing).write_bytes(listing)
+        Path(stage.listing).write_bytes(dump.render(entries))
     if record.meta == "erofs":
         if template is None or not _link(template.with_suffix(".cfs"), stage.meta_image):
-            erofs.mkcomposefs(listing, stage.meta_image, opts, progress)
+            from unify.composefs import erofs  # imports the build pipeline: only when mkcomposefs runs
+
+            erofs.mkcomposefs(stage.listing.read_bytes(), stage.meta_image, opts, progress)
             if template is not None:
                 _keep(stage.meta_image, template.with_suffix(".cfs"))
     else:
