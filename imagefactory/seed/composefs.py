@@ -67,7 +67,7 @@ class ComposefsRoot(PlainRoot):
         (guest.root.parent / STATE_DIR).mkdir(mode=0o700, exist_ok=True)
         self.stage = GuestLayers.staging(guest.root)
         self.record = GuestRecord(root=str(guest.root), store=str(self.store.root), meta=self.meta, phase="active",
-                                  image_sha256=sha)
+                                  image_sha256=sha, verity=self.store.verity)
         progress.stage(f"composefs: metadata layer ({self.meta})")
         build_state(self.stage, self.entries, self.record, self.opts, progress,
                     self.store.image_listing(sha).with_suffix(""))

@@ -130,7 +130,8 @@ def convert(root: Path, store: ObjectStore, meta: str = "dir", opts: BuildOption
         entries = list(reader.entries())
         store.sync()
         progress.stage(f"composefs: metadata layer ({meta})")
-        record = GuestRecord(root=str(root), store=str(store.root), meta=meta, phase="staged")
+        record = GuestRecord(root=str(root), store=str(store.root), meta=meta, phase="staged",
+                             verity=store.verity)
         try:
             build_state(stage, entries, record, opts, progress)
             stage.state.parent.mkdir(mode=0o700, exist_ok=True)

@@ -32,7 +32,7 @@ from pathlib import Path
 import xxhash
 
 from imagefactory.core.atomic import write_text
-from imagefactory.core.errors import ImageFactoryError
+from imagefactory.core.errors import EnvironmentProblem, ImageFactoryError
 from unify.composefs.dump import object_path
 from unify.composefs.verity import digest_fd, is_digest
 
@@ -61,6 +61,7 @@ class ObjectStore:
         self.images = self.root / "images"
         self.written = 0  # objects this process added
         self.written_bytes = 0
+        self._verity: bool | None = None
 
     # -- identity -----------------------------------------------------------------------------
     def info(self) -> dict:
@@ -82,7 +83,17 @@ class ObjectStore:
         for d in (self.root, self.objects, self.tmp, self.guests, self.images):
             d.mkdir(mode=0o700, parents=d == self.root, exist_ok=True)
         if info.get("mode") != MODE:
-            write_text(self.root / MARKER, json.dumps({"format": FORMAT, "hash": HASH_NAME, "mode": MODE}) + "\n")
+            from unify.composefs.support import try_verity
+
+            verity = os.geteuid() == 0 and try_verity(self.tmp)
+            write_text(self.root / MARKER, json.dumps({"format": FORMAT, "hash": HASH_NAME, "mode": MODE,
+                                                       "verity": verity}) + "\n")
+
+    @property
+    def verity(self) -> bool:
+        """Objects get fs-verity and guests mount with verity=require (decided when the store was
+        made, by trying FS_IOC_ENABLE_VERITY on its filesystem)."""
+        return bool(self.info().get("verity"))
 
     def open_existing(self) -> ObjectStore:
         if not self.is_composefs():
@@ -113,6 +124,16 @@ class ObjectStore:
     def publish(self, tmp: Path, digest: str) -> None:
         final = self.path_of(digest)
         final.parent.mkdir(mode=0o700, exist_ok=True)
+        if self._verity is None:
+            self._verity = self.verity
+        if self._verity and not self.has(digest):
+            from unify.composefs.support import enable_verity
+
+            try:
+                enable_verity(tmp)
+            except OSError as exc:
+                os.unlink(tmp)
+                raise EnvironmentProblem(f"enabling fs-verity on a new object in {self.root}: {exc.strerror}") from None
         try:
             os.link(tmp, final)  # never replaces an object another writer published first
             self.written += 1

@@ -77,24 +77,29 @@ def _try_overlay(base: Path) -> tuple[bool, str]:
         return ok, "" if ok else "overlayfs did not follow the redirect into the data-only layer"
 
 
-def _try_verity(base: Path) -> bool:
+def enable_verity(path: Path) -> None:
+    """FS_IOC_ENABLE_VERITY (SHA-256, 4 KiB blocks, no salt) on a file nobody has open for writing."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        arg = bytearray(128)  # struct fsverity_enable_arg
+        arg[0:4] = (1).to_bytes(4, "little")  # version
+        arg[4:8] = (1).to_bytes(4, "little")  # hash algorithm: SHA-256
+        arg[8:12] = (4096).to_bytes(4, "little")  # block size
+        fcntl.ioctl(fd, FS_IOC_ENABLE_VERITY, bytes(arg))
+    finally:
+        os.close(fd)
+
+
+def try_verity(base: Path) -> bool:
     fd, name = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=base)
     try:
         os.write(fd, b"verity probe\n")
         os.close(fd)
-        fd = os.open(name, os.O_RDONLY)
-        arg = bytearray(128)
-        arg[0:4] = (1).to_bytes(4, "little")  # version
-        arg[4:8] = (1).to_bytes(4, "little")  # SHA-256
-        arg[8:12] = (4096).to_bytes(4, "little")  # block size
-        try:
-            fcntl.ioctl(fd, FS_IOC_ENABLE_VERITY, bytes(arg))
-            return True
-        except OSError:
-            return False
+        enable_verity(Path(name))
+        return True
+    except OSError:
+        return False
     finally:
-        with contextlib.suppress(OSError):
-            os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(name)
 
@@ -109,7 +114,7 @@ def check(base: Path) -> Support:
     if os.geteuid() != 0:
         return Support(False, erofs, False, "mounting composefs guests needs root")
     ok, why = _try_overlay(base)
-    verity = _try_verity(base) if ok else False
+    verity = try_verity(base) if ok else False
     reason = why or ("overlayfs follows metacopy redirects into a data-only layer"
                      + (", fs-verity available (verity=require)" if verity else "; no fs-verity here, so "
                         "object integrity is checked by --verify, not by the kernel"))
