@@ -114,6 +114,13 @@ def test_in_guest_changes_touch_neither_store_nor_other_guests(area, guests, ima
     rows = {g["name"]: g for g in json.loads(subprocess.run([*IMAGEFACTORY, "guests", *conf, "--json"],
                                                             capture_output=True, text=True, check=True).stdout)}
     assert rows["sid1"]["upper_bytes"] > rows["sid2"]["upper_bytes"]
+    # The report counts the three guests on one set of objects.
+    rep = json.loads(subprocess.run([*IMAGEFACTORY, "report", "--store", str(store), "--json", "-q"],
+                                    capture_output=True, text=True, check=True).stdout)
+    t = rep["totals"]
+    assert t["composefs_guests"] == 3 and t["upper_bytes"] > 0
+    assert t["saved_percent"] > 60  # two of three copies saved, minus metadata layers and upper
+    assert rep["shared_libraries"]["page_cache_saved_bytes"] > 10 << 20
 
 
 def test_convert_a_plain_sid_guest_and_flip_a_byte(area, guests, image, capsys):
