@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from imagefactory.core.atomic import remove_tree
 from imagefactory.core.progress import Progress
 from imagefactory.seed.cfs_tar import ImageReader
 from imagefactory.seed.guest import Guest
@@ -105,8 +106,6 @@ class ComposefsRoot(PlainRoot):
 
     def cleanup(self) -> None:
         if self.stage is not None and os.path.lexists(self.stage.state):
-            from imagefactory.core.atomic import remove_tree
-
             remove_tree(self.stage.state)
         self.stack.close()
 

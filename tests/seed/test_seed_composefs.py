@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.composefs import fingerprint, mounts_below, umount_below
+from tests.support.composefs import assert_whole_or_nothing, fingerprint, mounts_below, umount_below
 from tests.support.seed import run_cli, seed_args, tiny_image
 from unify.composefs import mount as mnt
 from unify.composefs.guest import GuestLayers
@@ -139,17 +139,7 @@ def test_sigkill_during_seed_leaves_no_half_guest_and_no_orphan_mount(area, caps
         time.sleep(rng.uniform(0.2, 1.3))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        root, conf = area / "vservers" / name, area / "etc" / name
-        layers = GuestLayers(root)
-        if conf.exists():  # committed: a whole guest, mountable
-            assert layers.read() is not None and root.is_dir()
-            complete.append(name)
-        else:  # not committed: nothing of it but staging leftovers, never mounted
-            assert not mnt.is_mounted(root) and not mnt.is_mounted(layers.erofs_mnt)
-            assert not layers.exists()
-        for m in mounts_below(area):  # every mount belongs to a committed guest
-            assert any(m in (str(area / "vservers" / c), str(GuestLayers(area / "vservers" / c).erofs_mnt))
-                       for c in complete), m
+        assert_whole_or_nothing(area, name, complete)
     if complete:
         code, _, err = run_cli(["mount", "--all", "--confdir", str(area / "etc")], capsys)
         assert code == 0, err

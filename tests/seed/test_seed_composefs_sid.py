@@ -10,8 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +22,14 @@ import pytest
 from imagefactory.build import tools
 from imagefactory.build.plan import BuildOptions
 from imagefactory.core.progress import Progress
-from tests.support.composefs import cache_dir, fingerprint, mounts_below, sid_image, umount_below
+from tests.support.composefs import (
+    assert_whole_or_nothing,
+    cache_dir,
+    fingerprint,
+    mounts_below,
+    sid_image,
+    umount_below,
+)
 from tests.support.seed import run_cli, seed_args
 from unify.composefs import mount as mnt
 from unify.composefs.guest import GuestLayers
@@ -151,3 +161,24 @@ def test_convert_a_plain_sid_guest_and_flip_a_byte(area, guests, image, capsys):
     for name in ("sid1", "sid2", "sid3", "plain"):
         assert str(area / "vservers" / name) in err
     assert mounts_below(area)  # left for the module teardown to unmount
+
+
+def test_sigkill_during_sid_seeds(area, guests, image, capsys):
+    """Seeds killed at random moments (the first reads the image: several seconds; later ones
+    reuse the store's listing and EROFS image) leave whole guests or nothing, never a stray mount."""
+    rng = random.Random(3)
+    committed: list[str] = []
+    for i in range(5):
+        name = f"kill{i}"
+        argv = seed_args(image, name, area, "--unify", "--store", str(area / "vservers/.store"),
+                         "--unify-mode", "composefs", ip=f"10.0.4.{i + 1}/24")
+        proc = subprocess.Popen([*IMAGEFACTORY, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert_whole_or_nothing(area, name, committed)
+    if committed:
+        subprocess.run([*IMAGEFACTORY, "mount", *committed, "--confdir", str(area / "etc")], check=True,
+                       capture_output=True)
+        for name in committed:
+            assert chroot(area / "vservers" / name, "dpkg", "-V").stdout == ""

@@ -64,3 +64,24 @@ def sid_image() -> Path:
                         "--allow-expired-release", "--cache-dir", str(cache_dir())], check=True,
                        capture_output=True)
     return image
+
+
+def assert_whole_or_nothing(area: Path, name: str, committed: list[str]) -> None:
+    """After a killed seed of `name` (vdir area/vservers, confdir area/etc): either a committed
+    guest (conf dir, state, root; appended to committed) or nothing of it, and every mount
+    below area belongs to a committed guest."""
+    from unify.composefs.guest import GuestLayers
+    from unify.composefs.mount import is_mounted
+
+    root, conf = area / "vservers" / name, area / "etc" / name
+    layers = GuestLayers(root)
+    if conf.exists():
+        assert layers.read() is not None and root.is_dir(), name
+        committed.append(name)
+    else:
+        assert not is_mounted(root) and not is_mounted(layers.erofs_mnt), name
+        assert not layers.exists(), name
+    allowed = set()
+    for c in committed:
+        allowed |= {str(area / "vservers" / c), str(GuestLayers(area / "vservers" / c).erofs_mnt)}
+    assert set(mounts_below(area)) <= allowed, mounts_below(area)

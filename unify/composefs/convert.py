@@ -174,7 +174,8 @@ def split(root: Path, progress: Progress | None = None) -> dict:
     except BaseException:
         with contextlib.suppress(OSError):
             remove_tree(copy)
-        if layers.read() and layers.read().phase == "splitting" and not mnt.is_mounted(root):  # type: ignore[union-attr]
+        now = layers.read()
+        if now is not None and now.phase == "splitting" and not mnt.is_mounted(root):
             layers.set_phase("active")
             mnt.mount(layers)
         raise
