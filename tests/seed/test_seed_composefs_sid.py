@@ -163,6 +163,7 @@ def test_convert_a_plain_sid_guest_and_flip_a_byte(area, guests, image, capsys):
     assert mounts_below(area)  # left for the module teardown to unmount
 
 
+@pytest.mark.slow
 def test_sigkill_during_sid_seeds(area, guests, image, capsys):
     """Seeds killed at random moments (the first reads the image: several seconds; later ones
     reuse the store's listing and EROFS image) leave whole guests or nothing, never a stray mount."""
