@@ -10,7 +10,7 @@
 # wall time of `imagefactory seed` (process start included) and disk use. Page cache: drop caches,
 # read every file under /usr in one guest, then in PC guests, and sum what `fincore` says is
 # resident for the files that back them (the store objects and metadata images for composefs,
-# the guests' own files otherwise). Writes bench/results/composefs.txt.
+# the guests' own files otherwise). The table is also written to $OUT (default below).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PY:-$HERE/.venv/bin/python}
@@ -20,8 +20,7 @@ PC=${PC:-10}
 IMAGE=${1:-$("$PY" -c 'from tests.support.composefs import sid_image; print(sid_image())')}
 export IMAGEFACTORY_ALLOW_EXPIRED_RELEASE=1  # only for the one build of the sid tools root
 WORK=$(mktemp -d /var/tmp/imagefactory-cfs-bench.XXXXXX)
-OUT=$HERE/bench/results/composefs.txt
-mkdir -p "$HERE/bench/results"
+OUT=${OUT:-/var/tmp/imagefactory-composefs-bench.txt}
 IF=("$PY" -m imagefactory)
 
 cleanup() {
