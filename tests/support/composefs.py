@@ -69,7 +69,7 @@ def sid_image() -> Path:
 def assert_whole_or_nothing(area: Path, name: str, committed: list[str]) -> None:
     """After a killed seed of `name` (vdir area/vservers, confdir area/etc): either a committed
     guest (conf dir, state, root; appended to committed) or nothing of it, and every mount
-    below area belongs to a committed guest."""
+    below area belongs to a committed guest (one with a conf dir)."""
     from unify.composefs.guest import GuestLayers
     from unify.composefs.mount import is_mounted
 
@@ -82,6 +82,6 @@ def assert_whole_or_nothing(area: Path, name: str, committed: list[str]) -> None
         assert not is_mounted(root) and not is_mounted(layers.erofs_mnt), name
         assert not layers.exists(), name
     allowed = set()
-    for c in committed:
+    for c in (p.name for p in (area / "etc").iterdir() if not p.name.startswith(".")):
         allowed |= {str(area / "vservers" / c), str(GuestLayers(area / "vservers" / c).erofs_mnt)}
     assert set(mounts_below(area)) <= allowed, mounts_below(area)
