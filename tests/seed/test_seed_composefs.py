@@ -109,6 +109,15 @@ def test_mount_umount_guests_and_check(area, capsys):
     assert (area / "vservers/a/etc/new").read_bytes() == b"x" * 10000
     assert run_cli(["umount", "--all", *etc], capsys)[0] == 0
     assert mounts_below(area) == []
+    # Once no guest of the image is left, gc drops its listing, its EROFS/dir template and objects.
+    store = area / "vservers/.store"
+    for name in ("a", "b"):
+        assert run_cli(["unify", "--split", str(area / "vservers" / name), "--store", str(store), "-q"], capsys)[0] == 0
+    assert (area / "vservers/a/etc/new").read_bytes() == b"x" * 10000
+    code, out, _ = run_cli(["unify", "--gc", "--store", str(store), "--json"], capsys)
+    res = json.loads(out)
+    assert code == 0 and res["removed"] > 0 and res["listings_removed"] == 1
+    assert list(ObjectStore(store).digests()) == [] and list((store / "images").iterdir()) == []
 
 
 def test_replace_a_composefs_guest(area, capsys):

@@ -190,3 +190,32 @@ def test_sigkill_during_conversion_never_loses_the_guest(area):
     assert GuestLayers(root).read().phase == "active"
     assert sorted(p.name for p in (area / ".composefs").iterdir()) == ["g"]
     print("(phase, mounted) at kill time:", sorted(states, key=str))
+
+
+def test_convert_a_guest_unified_immutable_keeps_the_other_guest_protected(area, capsys):
+    from tests.support.unify import clear_flags
+    from unify import probe
+
+    g1, g2 = rich_guest(area / "g1", 1), rich_guest(area / "g2", 2)
+    before = {g: fingerprint(g) for g in (g1, g2)}
+    old = area / "hash"
+    try:
+        code, _, err = cli(capsys, g1, g2, "--store", old, "--mode", "immutable", "-q")
+        assert code == 0, err
+        shared = g2 / "usr/lib/big.so"
+        assert shared.stat().st_nlink == 3  # g1, g2 and the old store's entry
+        code, out, err = cli(capsys, g1, "--store", area / "store", "--mode", "composefs", "--meta", "dir", "-q")
+        assert code == 0, err
+        assert mnt.is_mounted(g1, "overlay") and fingerprint(g1) == before[g1]
+        # g1's links to the immutable entries are gone; the entries and g2 keep their protection.
+        assert shared.stat().st_nlink == 2 and fingerprint(g2) == before[g2]
+        fd = os.open(shared, os.O_RDONLY)
+        try:
+            assert probe.get_flags(fd) & probe.FS_IMMUTABLE_FL
+        finally:
+            os.close(fd)
+        code, out, _ = cli(capsys, "--verify", "-q", "--store", old)
+        assert code == 0
+    finally:
+        umount_below(area)
+        clear_flags(g1, g2, old)
