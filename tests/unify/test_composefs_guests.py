@@ -122,6 +122,10 @@ def test_gc_removes_unused_objects_and_waits_for_a_seed(area, capsys):
     assert cli(capsys, g1, g2, "--store", store, "--mode", "composefs", "--meta", "dir")[0] == 0
     s = ObjectStore(store)
     total = len(list(s.digests()))
+    code, out, _ = cli(capsys, "--status", "--store", store, "--json")
+    st = json.loads(out)
+    assert code == 0 and st["objects"] == total and sorted(st["guests"]) == [str(g1), str(g2)] and st["orphans"] == 0
+    assert st["bytes_saved"] >= 3 * 4096 * 256  # the big library is stored once for two guests
     assert cli(capsys, "--split", g2, "--store", store)[0] == 0
     code, out, _ = cli(capsys, "--gc", "-n", "--store", store, "--json")
     assert json.loads(out)["removed"] == 1 and len(list(s.digests())) == total  # g2's hostname only
