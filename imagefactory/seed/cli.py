@@ -14,6 +14,7 @@ from imagefactory.core.manifest import IMAGE_SUFFIX
 from imagefactory.core.progress import Progress
 from imagefactory.core.units import human
 from imagefactory.seed import barrier, check, inventory
+from imagefactory.seed.disk import MODES
 from imagefactory.seed.guest import Guest, Interface, check_hostname, check_name
 from imagefactory.seed.limits import Limits
 from imagefactory.seed.seeder import SeedResult, seed_image
@@ -51,6 +52,11 @@ def _print_seed(result: SeedResult, unified: dict | None) -> None:
         click.echo(f"  {fmt:<13} {path}")
     state = "set" if result.barrier["barrier"] else "NOT set"
     click.echo(f"  {'barrier':<13} {state} on {result.barrier['path']}: {result.barrier['detail']}")
+    click.echo(f"  {'cgroup keys':<13} for {result.cgroup}")
+    if result.disk:
+        click.echo(f"  {'disk':<13} own layer by {result.disk}")
+    for what in result.unenforced:
+        click.echo(f"  warning: no {what} controller on this host: the {what} limit is not enforced", err=True)
     if unified is not None:
         click.echo(
             f"  {'unified':<13} mode {unified['mode']}: {unified['linked']} files linked, "
@@ -117,6 +123,13 @@ def run_unify(result: SeedResult, confdir: Path, store: Path, mode: str, progres
 @click.option("--memory", default="512M", show_default=True,
               help="RSS hard limit (memory.max); soft limit is 90%. K/M/G suffixes, floor 64M.")
 @click.option("--cpu", default="100%", show_default=True, help="CPU share of one CPU, in (0, 100]%.")
+@click.option("--disk", "disk_size", metavar="SIZE",
+              help="Limit the guest's own layer (what it writes; shared store files never count), e.g. 2G.")
+@click.option("--disk-mode", type=click.Choice(MODES), default="auto", show_default=True,
+              help="image: a sized ext4 image, loop-mounted; quota: a project quota; auto: quota where on.")
+@click.option("--cap-add", multiple=True, metavar="CAP",
+              help="Give back a capability the default bounding set drops (repeatable), e.g. NET_ADMIN.")
+@click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop one more capability (repeatable).")
 @click.option("--unify", "do_unify", is_flag=True, help="Unify the new guest into --store right away.")
 @click.option("--store", type=DIR, help="Unification store (also recorded in apps/vunify/hash/).")
 @click.option("--unify-mode", default="auto", show_default=True, help="Mode passed to the unify engine.")
@@ -128,8 +141,8 @@ def run_unify(result: SeedResult, confdir: Path, store: Path, mode: str, progres
 @click.option("--check", "do_check", is_flag=True, help="Check all guests instead: overcommit, duplicates, barrier.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
-def seed(source, name, vdir, confdir, address, dev, hostname, memory, cpu, do_unify, store, unify_mode,
-         replace, repo, keyring, cache, do_check, as_json, quiet) -> None:
+def seed(source, name, vdir, confdir, address, dev, hostname, memory, cpu, disk_size, disk_mode, cap_add, cap_drop,
+         do_unify, store, unify_mode, replace, repo, keyring, cache, do_check, as_json, quiet) -> None:
     """Seed guest NAME from SOURCE: a local IMAGE.tar.zst (with its manifest beside it),
     NAME[@VERSION] from --repo, or REPO-URL/NAME[@VERSION].
 
@@ -159,7 +172,7 @@ def seed(source, name, vdir, confdir, address, dev, hostname, memory, cpu, do_un
         name=check_name(name),
         hostname=check_hostname(hostname or name),
         interface=Interface.parse(address, dev),
-        limits=Limits.parse(memory, cpu),
+        limits=Limits.parse(memory, cpu, disk_size, cap_add, cap_drop),
         vdir=vdir.absolute(),
         confdir=confdir.absolute(),
         store=store.absolute() if store else None,
@@ -169,7 +182,7 @@ def seed(source, name, vdir, confdir, address, dev, hostname, memory, cpu, do_un
     try:
         progress = Progress(quiet=quiet)
         image = resolve_source(source, repo, keyring, cache, progress)
-        result = seed_image(image, guest, replace=replace, progress=progress)
+        result = seed_image(image, guest, replace=replace, progress=progress, disk_mode=disk_mode)
         unified = run_unify(result, guest.confdir, guest.store, unify_mode, progress) if do_unify else None
     finally:
         signal.signal(signal.SIGTERM, previous)
