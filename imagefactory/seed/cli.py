@@ -13,7 +13,7 @@ from imagefactory.core.errors import ImageFactoryError
 from imagefactory.core.manifest import IMAGE_SUFFIX
 from imagefactory.core.progress import Progress
 from imagefactory.core.units import human
-from imagefactory.seed import barrier, check, inventory
+from imagefactory.seed import barrier, cgroups, check, disk, inventory, lxc, relimit
 from imagefactory.seed.disk import MODES
 from imagefactory.seed.guest import Guest, Interface, check_hostname, check_name
 from imagefactory.seed.limits import Limits
@@ -66,15 +66,32 @@ def _print_seed(result: SeedResult, unified: dict | None) -> None:
         click.echo(f"  warning: old tree left behind: {leftover}", err=True)
 
 
+def guest_enforcement(conf: Path, layout: cgroups.Layout, page: int) -> list[check.Finding]:
+    """Whether this host would enforce what the guest's LXC config says (reads its conf dir)."""
+    config = conf / lxc.config_path(conf.name)
+    try:
+        limits = relimit.stored_limits(conf, page)
+        text = config.read_text()
+    except (OSError, ImageFactoryError) as exc:
+        return [check.Finding("warning", "unreadable", f"{conf.name}: {exc}")]
+    root = conf / os.readlink(conf / "vdir") if (conf / "vdir").is_symlink() else None
+    mode = disk.Layer(Path(os.path.normpath(root))).mode if root else None
+    return check.enforcement(conf.name, text, limits, layout, page, mode)
+
+
 def run_check(confdir: Path, vdir: Path | None, as_json: bool) -> None:
     page = os.sysconf("SC_PAGE_SIZE")
     guests = inventory.list_guests(confdir.absolute(), page, measure=False)
     ram, swap = check.meminfo(Path("/proc/meminfo").read_text())
     statuses = [barrier.status(p) for p in check.vdir_parents(guests, [vdir] if vdir else [])]
     findings = check.evaluate(guests, ram, swap, statuses)
+    layout = cgroups.detect()
+    for guest in guests:
+        findings += guest_enforcement(Path(guest.conf), layout, page)
     if as_json:
         click.echo(json.dumps({
             "guests": len(guests),
+            "cgroup": layout.to_dict(),
             "memory": {"rss_hard_total": sum(g.memory or 0 for g in guests), "ram": ram, "swap": swap},
             "barriers": [s.to_dict() for s in statuses],
             "findings": [f.to_dict() for f in findings],
@@ -84,6 +101,7 @@ def run_check(confdir: Path, vdir: Path | None, as_json: bool) -> None:
         click.echo(f"{len(guests)} guests; RSS hard limits {total // MIB} MiB, RAM {ram // MIB} MiB, swap {swap // MIB} MiB")
         for status in statuses:
             click.echo(f"barrier on {status.path}: {status.detail}")
+        click.echo(layout.describe())
         for finding in findings:
             click.echo(f"{finding.level}: {finding.message}")
         if not findings:
@@ -201,7 +219,8 @@ def guests(confdir, as_json) -> None:
     if as_json:
         click.echo(json.dumps([g.to_dict() for g in rows], indent=2))
         return
-    header = f"{'NAME':<16} {'CTX':>5}  {'IMAGE':<24} {'VERSION':<15} {'IP':<18} {'SIZE':>9} {'SHARED':>6} {'MEMORY':>7} {'CPU':>6}"
+    header = (f"{'NAME':<16} {'STATE':<8} {'CTX':>5}  {'IMAGE':<24} {'VERSION':<15} {'IP':<18} {'SIZE':>10} "
+              f"{'SHARED':>6} {'MEMORY':>10} {'CPU':>6}  DISK (OWN LAYER / LIMIT)")
     click.echo(header)
 
     def fmt(value, spec: str = "", suffix: str = "") -> str:
@@ -209,7 +228,8 @@ def guests(confdir, as_json) -> None:
 
     for g in rows:
         click.echo(
-            f"{g.name:<16} {fmt(g.context):>5}  {fmt(g.image):<24} {fmt(g.version):<15} {fmt(g.ip):<18} "
-            f"{human(g.disk_usage):>9} {fmt(g.shared_percent, '.1f', '%'):>6} "
-            f"{human(g.memory):>7} {fmt(g.cpu_percent, 'g', '%'):>6}"
+            f"{g.name:<16} {(g.state or '-').lower():<8} {fmt(g.context):>5}  {fmt(g.image):<24} "
+            f"{fmt(g.version):<15} {fmt(g.ip):<18} {human(g.disk_usage):>10} {fmt(g.shared_percent, '.1f', '%'):>6} "
+            f"{human(g.memory):>10} {fmt(g.cpu_percent, 'g', '%'):>6}  "
+            + (f"{human(g.disk_used)} / {human(g.disk_limit)} ({g.disk_mode})" if g.disk_limit else "unlimited")
         )

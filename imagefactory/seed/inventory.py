@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from imagefactory.seed import contexts
+from imagefactory.seed import contexts, disk, runtime
 from imagefactory.seed.vserver_conf import MANIFEST
 from repo.artifacts import image_version
 
@@ -69,6 +69,10 @@ class GuestInfo:
     cpu_percent: float | None
     disk_usage: int | None
     shared_percent: float | None
+    state: str | None = None  # LXC's: RUNNING, STOPPED, ... (None when not measured)
+    disk_used: int | None = None  # bytes in the guest's own layer (what counts against disk_limit)
+    disk_limit: int | None = None  # its disk limit (dlimits), None: unlimited
+    disk_mode: str | None = None  # image or quota
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,9 +90,13 @@ def read_guest(conf: Path, page_size: int, *, measure: bool = True) -> GuestInfo
     rss = _int(conf / "rlimits/rss.hard") or _int(conf / "rlimits/rss")
     fill, interval = _int(conf / "sched/fill-rate"), _int(conf / "sched/interval")
     usage = tree_usage(root) if measure and root is not None and root.is_dir() else None
+    context = contexts.read_context(conf)
+    space = _int(conf / "dlimits/0/space_total")
+    layer = disk.Layer(Path(os.path.normpath(root))) if root is not None else None
+    own = disk.usage(layer, context) if measure and layer is not None and layer.mode else None
     return GuestInfo(
         name=_read(conf / "name") or conf.name,
-        context=contexts.read_context(conf),
+        context=context,
         conf=str(conf),
         root=str(root) if root else None,
         image=manifest.get("name"),
@@ -99,7 +107,12 @@ def read_guest(conf: Path, page_size: int, *, measure: bool = True) -> GuestInfo
         cpu_percent=float(Fraction(fill * 100, interval)) if fill and interval else None,
         disk_usage=usage.disk_usage if usage else None,
         shared_percent=round(100 * usage.shared_bytes / usage.file_bytes, 1) if usage and usage.file_bytes else None,
+        state=runtime.lxc_state(conf / "lxc", conf.name) if measure else None,
+        disk_used=own[0] if own else None,
+        disk_limit=space * 1024 if space is not None else None,
+        disk_mode=layer.mode if layer is not None else None,
     )
+
 
 
 def guest_store(conf: Path) -> Path | None:

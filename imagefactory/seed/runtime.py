@@ -84,12 +84,16 @@ def _tool(name: str) -> str:
     return path
 
 
+def lxc_state(lxcpath: Path, name: str) -> str | None:
+    """LXC's state of a container: RUNNING, STOPPED, STARTING, ... (None without LXC or its config)."""
+    if shutil.which("lxc-info") is None or not (lxcpath / name / "config").is_file():
+        return None
+    result = subprocess.run(["lxc-info", "-P", str(lxcpath), "-n", name, "-sH"], capture_output=True, text=True)
+    return result.stdout.strip() or None
+
+
 def state(guest: Installed) -> str:
-    """LXC's state of the guest: RUNNING, STOPPED, STARTING, STOPPING, ... ('unknown' without LXC)."""
-    if shutil.which("lxc-info") is None:
-        return "unknown"
-    result = subprocess.run(["lxc-info", *guest.lxc_args(), "-sH"], capture_output=True, text=True)
-    return result.stdout.strip() or "unknown"
+    return lxc_state(guest.lxcpath, guest.name) or "unknown"
 
 
 def init_pid(guest: Installed) -> int | None:
