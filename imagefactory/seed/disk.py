@@ -41,6 +41,7 @@ from imagefactory.seed.limits import inodes_for
 
 OWN = ".own"
 MIB = 1024 * 1024
+BLOCK = 4096  # the images' block size (mkfs.ext4 -b 4096)
 MODES = ("auto", "image", "quota")
 
 
@@ -124,7 +125,7 @@ def _mkfs(image: Path, size: int, limit: int) -> None:
         fh.truncate(size)
     # -m 0: nothing reserved for root (util-vserver's dlimits `reserved` is 0 too);
     # -N: the inode count dlimits' inodes_total states.
-    _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-b", "4096", "-N", str(inodes_for(limit)),
+    _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-b", str(BLOCK), "-N", str(inodes_for(limit)),
           "-E", "root_owner=0:0,nodiscard", str(image)], f"formatting {image}")
 
 
@@ -149,20 +150,20 @@ def _fit(layer: Layer, limit: int, size: int, make) -> int:
     descriptors, reserved clusters), so the image grows by what was missing
     and is made again until its free space reaches the limit.
     """
-    for _ in range(8):
+    for _ in range(12):
         make(size)
         _mount(layer)
         try:
+            for directory in (layer.upper, layer.work):
+                directory.mkdir(mode=0o755, exist_ok=True)
             used, free = _statfs_used(layer.mountpoint)
-            if free >= limit:
-                for directory in (layer.upper, layer.work):
-                    directory.mkdir(mode=0o755, exist_ok=True)
-                data = _data_bytes(layer)
-                statfs_baseline = _statfs_used(layer.mountpoint)[0] - data
+            data = _data_bytes(layer)
+            if free + data >= limit:
+                statfs_baseline = used - data
                 break
         finally:
             _umount(layer)
-        size += -(-(limit - free) // MIB) * MIB
+        size += -(-(limit - free - data) // BLOCK) * BLOCK
     else:
         raise DiskError(f"could not size {layer.image} for {limit} bytes")
     record = {"limit": limit, "size": size, "statfs_baseline": statfs_baseline,
@@ -191,9 +192,9 @@ def resize_image(layer: Layer, limit: int) -> int:
     if is_mounted(layer):
         raise DiskError(f"{layer.image} is in use: stop the guest before changing its disk limit")
     record = json.loads(layer.record.read_text())
-    _run(["e2fsck", "-f", "-p", str(layer.image)], f"checking {layer.image}")
 
     def grow_or_shrink(size: int) -> None:
+        _run(["e2fsck", "-f", "-p", str(layer.image)], f"checking {layer.image}")  # resize2fs insists
         if size > layer.image.stat().st_size:
             with open(layer.image, "r+b") as fh:
                 fh.truncate(size)
