@@ -101,16 +101,17 @@ def enforcement(name: str, lxc_text: str, limits: Limits, layout: Layout, page_s
         findings.append(Finding("error", "no-controller",
                                 f"{name}: no {what} controller on this host ({layout.kind}): its {what} limit "
                                 "cannot be enforced"))
+    reported = set()
     for key, value in rendered.lxc:
-        if key.startswith(("lxc.cgroup.", "lxc.cgroup2.")) and (key, value) not in cgroup_keys:
-            controller = key.split(".")[2]
+        controller = key.split(".")[2] if key.startswith(("lxc.cgroup.", "lxc.cgroup2.")) else None
+        if controller and controller not in reported and (key, value) not in cgroup_keys:
+            reported.add(controller)
             wrong = [k for k, _ in cgroup_keys if k.split(".")[2] == controller]
             findings.append(Finding(
                 "error", "not-enforced",
                 f"{name}: {controller} limit not enforced here ({layout.describe()}): its LXC config has "
                 f"{', '.join(wrong) or 'no key for it'}, this host needs {key} = {value}; "
                 f"rewrite with: imagefactory limits {name}"))
-            break
     drops = [v for k, v in have if k == "lxc.cap.drop"]
     cleared = "" in drops
     dropped = {c.upper() for c in (drops[-1].split() if drops else [])}
