@@ -98,7 +98,8 @@ def run_check(confdir: Path, vdir: Path | None, as_json: bool) -> None:
         }, indent=2))
     else:
         total = sum(g.memory or 0 for g in guests)
-        click.echo(f"{len(guests)} guests; RSS hard limits {total // MIB} MiB, RAM {ram // MIB} MiB, swap {swap // MIB} MiB")
+        click.echo(f"{len(guests)} guests; RSS hard limits {total // MIB} MiB, RAM {ram // MIB} MiB, "
+                   f"swap {swap // MIB} MiB")
         for status in statuses:
             click.echo(f"barrier on {status.path}: {status.detail}")
         click.echo(layout.describe())
@@ -201,7 +202,9 @@ def seed(source, name, vdir, confdir, address, dev, hostname, memory, cpu, disk_
         progress = Progress(quiet=quiet)
         image = resolve_source(source, repo, keyring, cache, progress)
         result = seed_image(image, guest, replace=replace, progress=progress, disk_mode=disk_mode)
-        unified = run_unify(result, guest.confdir, guest.store, unify_mode, progress) if do_unify else None
+        unified = None
+        if do_unify and guest.store is not None:
+            unified = run_unify(result, guest.confdir, guest.store, unify_mode, progress)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if as_json:
