@@ -133,12 +133,21 @@ def has_init(root: Path) -> bool:
 
 
 def prepare(guest: Installed) -> None:
-    """Mount what the root is made of before LXC starts the guest."""
+    """Mount what the root is made of before LXC starts the guest.
+
+    Hook for composefs guests (issue 11, `imagefactory mount NAME`, not on
+    this branch yet): their root is an overlay the composefs mode mounts
+    itself, with upper and work dirs from guest.layer; call its mount here,
+    after the own layer is attached, and its unmount in release() before
+    the own layer is detached. Their LXC config then uses `dir:` on the
+    mounted root instead of LXC's own overlay.
+    """
     if guest.limits is not None and guest.limits.disk is not None:
         disk.attach(guest.layer)
 
 
 def release(guest: Installed) -> None:
+    """Undo prepare() (see its composefs hook)."""
     if guest.limits is not None and guest.limits.disk is not None:
         disk.detach(guest.layer)
 

@@ -110,6 +110,14 @@ def clean_stale(target: Path) -> None:
         pid = entry.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             remove_tree(entry)
+    # and the own layers (disk limit) those seeds were making: VDIR/.own/.NAME.partial-PID*
+    own = disk.Layer(target).base
+    if own.is_dir():
+        stale = {entry.name.split(".img")[0] for entry in own.glob(f".{target.name}.partial-*")}
+        for name in sorted(stale):
+            pid = name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                disk.remove(disk.Layer(target.parent / name))
 
 
 def config_tree(guest: Guest, context: int, manifest_json: str, *, boot: bool,

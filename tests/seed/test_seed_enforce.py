@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,17 @@ def test_quota_mode_is_refused_where_the_kernel_has_no_quotas(tmp_path, capsys):
     assert not (tmp_path / "vservers/web1").exists() and not (tmp_path / "etc/web1").exists()
     own = tmp_path / "vservers/.own"
     assert not own.exists() or not any(own.iterdir())
+
+
+def test_a_killed_seeds_own_layer_is_removed_by_the_next_seed(tmp_path, capsys):
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that no longer runs
+    own = tmp_path / "vservers/.own"
+    stale = disk.Layer(tmp_path / f"vservers/.web1.partial-{gone.pid}")
+    own.mkdir(parents=True)
+    stale.image.write_bytes(b"\0" * 4096)
+    stale.record.write_text("{}")
+    stale.upper.mkdir(parents=True)
+    code, _, err = run_cli(seed_args(tiny_image(tmp_path), "web1", tmp_path), capsys)
+    assert code == 0, err
+    assert list(own.iterdir()) == []

@@ -183,6 +183,9 @@ def test_start_stop_exec_and_state(host):
     assert host.guests()["life"]["state"] == "RUNNING" and disk.is_mounted(layer)
     assert host.cli("start", "life", "--confdir", str(host.confdir)).returncode == 1  # already running
     assert host.exec("life", "sh", "-c", "echo kept > /kept").returncode == 0
+    entered = subprocess.run([sys.executable, "-m", "imagefactory", "enter", "life", "--confdir", str(host.confdir)],
+                             input="cat /kept\nexit 5\n", capture_output=True, text=True, timeout=60)
+    assert entered.returncode == 5 and "kept" in entered.stdout  # a login shell in the guest (lxc-attach)
     assert host.cli("stop", "life", "--confdir", str(host.confdir)).returncode == 0
     assert host.guests()["life"]["state"] == "STOPPED" and not disk.is_mounted(layer)
     # A stopped guest runs a command as a one-shot container (lxc-execute) on the same layers.
