@@ -89,3 +89,15 @@ def test_a_killed_seeds_own_layer_is_removed_by_the_next_seed(tmp_path, capsys):
     code, _, err = run_cli(seed_args(tiny_image(tmp_path), "web1", tmp_path), capsys)
     assert code == 0, err
     assert list(own.iterdir()) == []
+
+
+def test_limits_reads_an_older_guest_without_a_limits_record(tmp_path, capsys):
+    code, _, err = run_cli(seed_args(tiny_image(tmp_path), "web1", tmp_path), capsys)
+    assert code == 0, err
+    record = tmp_path / "etc/web1/apps/imagefactory/limits.json"
+    record.unlink()  # as seeded before limits.json existed: rlimits/ and sched/ only
+    code, out, err = run_cli(["limits", "web1", "--confdir", str(tmp_path / "etc"), "--cap-add", "sys_time",
+                              "--json"], capsys)
+    assert code == 0, err
+    assert Limits.from_json(record.read_text()) == Limits.parse("512M", "25%", cap_add=("SYS_TIME",))
+    assert "sys_time" not in (tmp_path / "etc/web1" / lxc.config_path("web1")).read_text().split("lxc.cap.drop =")[-1]
