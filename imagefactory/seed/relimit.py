@@ -19,9 +19,9 @@ from pathlib import Path
 
 from imagefactory.core import atomic
 from imagefactory.core.errors import ImageFactoryError
-from imagefactory.seed import cgroups, contexts, disk, runtime
+from imagefactory.seed import caps, cgroups, contexts, disk, runtime
 from imagefactory.seed.guest import Guest, Interface, check_name
-from imagefactory.seed.limits import Limits, parse_disk, parse_memory, parse_share, render
+from imagefactory.seed.limits import LimitError, Limits, parse_disk, parse_memory, parse_share, render
 from imagefactory.seed.seeder import config_tree, has_init
 from imagefactory.seed.vserver_conf import LIMITS, MANIFEST
 
@@ -70,8 +70,10 @@ def load_guest(confdir: Path, name: str) -> tuple[Guest, int]:
 def changed(limits: Limits, *, memory: str | None, cpu: str | None, disk_size: str | None,
             cap_add: tuple[str, ...], cap_drop: tuple[str, ...]) -> Limits:
     """limits with the given changes; --cap-add/--cap-drop undo each other for a capability."""
-    add = Limits.parse("64M", "100%", cap_add=cap_add).cap_add
-    drop = Limits.parse("64M", "100%", cap_drop=cap_drop).cap_drop
+    add = frozenset(caps.canonical(c) for c in cap_add)
+    drop = frozenset(caps.canonical(c) for c in cap_drop)
+    if add & drop:
+        raise LimitError(f"capability both added and dropped: {', '.join(caps.ordered(add & drop))}")
     return replace(
         limits,
         memory=parse_memory(memory) if memory else limits.memory,
@@ -109,8 +111,12 @@ def apply(confdir: Path, name: str, new: Limits | None = None, *, layout: cgroup
         for key, value in render(new, os.sysconf("SC_PAGE_SIZE"), layout).lxc:
             if key.startswith(("lxc.cgroup.", "lxc.cgroup2.")):
                 setting = key.split(".", 2)[2]
-                subprocess.run(["lxc-cgroup", *installed.lxc_args(), setting, value], check=True,
-                               capture_output=True)
+                result = subprocess.run(["lxc-cgroup", *installed.lxc_args(), setting, value],
+                                        capture_output=True, text=True)
+                if result.returncode != 0:
+                    lines = result.stderr.strip().splitlines()
+                    raise runtime.EngineError(f"configs rewritten, but setting {setting} = {value} on the running "
+                                              f"guest failed: {lines[-1] if lines else result.returncode}")
                 live.append(setting)
     return {"name": name, "limits": new.to_dict(), "cgroup": layout.describe(), "unenforced": unenforced,
             "running": running, "applied_live": live, "disk": disk.Layer(guest.root).mode}
