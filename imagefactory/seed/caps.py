@@ -11,7 +11,8 @@ Our default is modelled on it but fits today's guests (systemd, apt and
 mount namespaces need SYS_ADMIN, SETPCAP, AUDIT_WRITE, ...): every capability
 except those that reach past the guest into the host's kernel, clock,
 devices or network: SYS_MODULE, SYS_RAWIO, SYS_TIME, MKNOD, NET_ADMIN, plus
-MAC_ADMIN and MAC_OVERRIDE, which LXC's own policy always drops. `--cap-add`
+MAC_ADMIN and MAC_OVERRIDE, which LXC's own policy always drops; a guest with
+a disk limit also loses SYS_RESOURCE (root would ignore its quota). `--cap-add`
 puts one back for a guest, `--cap-drop` takes one more away.
 """
 
@@ -30,6 +31,7 @@ NAMES = (
 )
 NUMBER = {name: number for number, name in enumerate(NAMES)}
 DEFAULT_DROP = frozenset({"SYS_MODULE", "SYS_RAWIO", "SYS_TIME", "MKNOD", "NET_ADMIN", "MAC_ADMIN", "MAC_OVERRIDE"})
+DISK_DROP = frozenset({"SYS_RESOURCE"})
 # util-vserver's --secure set (kept by every guest) and the names its tools know (bcaps-v13.c: 0..33).
 VSERVER_SECURE = frozenset({
     "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
@@ -50,9 +52,14 @@ def canonical(name: str) -> str:
     return key
 
 
-def dropped(add: frozenset[str], drop: frozenset[str]) -> frozenset[str]:
-    """The capabilities outside a guest's bounding set."""
-    return (DEFAULT_DROP - add) | drop
+def dropped(add: frozenset[str], drop: frozenset[str], disk_limited: bool = False) -> frozenset[str]:
+    """The capabilities outside a guest's bounding set.
+
+    A guest with a disk limit also loses SYS_RESOURCE: with it, root ignores
+    quota limits (the kernel's generic quota code exempts it; ext4 uses that
+    code) and may fill ext4's reserved blocks.
+    """
+    return ((DEFAULT_DROP | (DISK_DROP if disk_limited else frozenset())) - add) | drop
 
 
 def bounding_mask(drop: frozenset[str]) -> int:

@@ -120,6 +120,9 @@ def enforcement(name: str, lxc_text: str, limits: Limits, layout: Layout, page_s
                                 f"{name}: its LXC bounding set differs from its limits (drops "
                                 f"{' '.join(sorted(dropped)) or 'nothing beyond common.conf'}); "
                                 f"rewrite with: imagefactory limits {name}"))
+    if disk_mode == "quota" and "SYS_RESOURCE" not in limits.dropped:
+        findings.append(Finding("warning", "quota-bypass",
+                                f"{name}: keeps SYS_RESOURCE, so root in the guest ignores its disk quota"))
     if limits.disk is not None and disk_mode is None:
         findings.append(Finding("error", "no-disk-layer", f"{name}: disk limit set but its own layer is missing"))
     return findings

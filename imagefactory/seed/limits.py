@@ -119,7 +119,7 @@ class Limits:
     @property
     def dropped(self) -> frozenset[str]:
         """Capabilities outside the guest's bounding set."""
-        return caps.dropped(self.cap_add, self.cap_drop)
+        return caps.dropped(self.cap_add, self.cap_drop, self.disk is not None)
 
     def to_dict(self) -> dict:
         return {

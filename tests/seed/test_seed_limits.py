@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from imagefactory.seed import caps, lxc, nspawn
+from imagefactory.seed import caps, check, lxc, nspawn
 from imagefactory.seed.cgroups import Layout
 from imagefactory.seed.guest import Guest, Interface
 from imagefactory.seed.limits import (
@@ -158,6 +158,16 @@ def test_default_bounding_set_drops_what_reaches_the_host():
     assert "SYS_ADMIN" not in dropped and "CHOWN" not in dropped
     mask = caps.bounding_mask(dropped)
     assert caps.in_mask(mask) == frozenset(caps.NAMES) - dropped
+
+
+def test_a_disk_limited_guest_also_loses_sys_resource():
+    """With SYS_RESOURCE root ignores quota limits (proven under qemu: test_seed_quota_qemu.py)."""
+    assert "SYS_RESOURCE" in Limits.parse("512M", "25%", disk="1G").dropped
+    assert "SYS_RESOURCE" not in Limits.parse("512M", "25%").dropped
+    assert "SYS_RESOURCE" not in Limits.parse("512M", "25%", disk="1G", cap_add=("sys_resource",)).dropped
+    quota = Limits.parse("512M", "25%", disk="1G", cap_add=("sys_resource",))
+    text = lxc.render(_guest(quota), render(quota, 4096))[lxc.config_path("web1")]
+    assert [f.code for f in check.enforcement("web1", text, quota, UNIFIED, 4096, "quota")] == ["quota-bypass"]
 
 
 @pytest.mark.parametrize("name", ["sys_frobnicate", "", "CAP_"])

@@ -26,7 +26,8 @@ from tests.support import need_tool
 HERE = Path(__file__).resolve().parent / "qemu"
 REPO = HERE.parents[2]
 STEPS = ("quota_available", "auto_picks_quota", "layer_g1", "layer_g2", "g1_writes_40M", "g1_full_edquot",
-         "g2_has_its_own_50M", "usage_against_limit", "shared_not_counted", "raise_limit", "g1_writes_after_raise")
+         "g2_has_its_own_50M", "usage_against_limit", "shared_not_counted", "root_with_sys_resource_ignores_it",
+         "raise_limit", "g1_writes_after_raise")
 
 
 @pytest.mark.slow
