@@ -19,7 +19,7 @@ from imagefactory.core.errors import ImageFactoryError
 COMMANDS: dict[str, str] = {
     "build": "imagefactory.build.cli:build",
     "recipes": "imagefactory.build.cli:recipes",
-    "unify": "unify.cli:unify",
+    "unify": "unify.composefs.cli:unify",
     "report": "unify.report.cli:report",
     "publish": "repo.cli:publish",
     "repo": "repo.cli:repo",
@@ -32,6 +32,8 @@ COMMANDS: dict[str, str] = {
     "exec": "imagefactory.seed.run_cli:exec_",
     "enter": "imagefactory.seed.run_cli:enter",
     "limits": "imagefactory.seed.run_cli:limits",
+    "mount": "imagefactory.seed.mount_cli:mount_cmd",
+    "umount": "imagefactory.seed.mount_cli:umount_cmd",
 }
 
 EXIT_CODES = """\b

@@ -13,7 +13,7 @@ from imagefactory.core.errors import ImageFactoryError
 from imagefactory.core.manifest import IMAGE_SUFFIX
 from imagefactory.core.progress import Progress
 from imagefactory.core.units import human
-from imagefactory.seed import barrier, cgroups, check, disk, inventory, lxc, relimit
+from imagefactory.seed import barrier, cgroups, check, composefs, disk, inventory, lxc, relimit
 from imagefactory.seed.disk import MODES
 from imagefactory.seed.guest import Guest, Interface, check_hostname, check_name
 from imagefactory.seed.limits import Limits
@@ -57,7 +57,11 @@ def _print_seed(result: SeedResult, unified: dict | None) -> None:
         click.echo(f"  {'disk':<13} own layer by {result.disk}")
     for what in result.unenforced:
         click.echo(f"  warning: no {what} controller on this host: the {what} limit is not enforced", err=True)
-    if unified is not None:
+    if unified is not None and unified["mode"] == "composefs":
+        reused = "image seen before, no content read" if unified["listing_reused"] else "image read"
+        click.echo(f"  {'composefs':<13} {'mounted' if unified['mounted'] else 'NOT mounted'}; "
+                   f"{unified['objects']} objects, {unified['objects_added']} new ({reused}); {unified['state']}")
+    elif unified is not None:
         click.echo(
             f"  {'unified':<13} mode {unified['mode']}: {unified['linked']} files linked, "
             f"{unified['bytes_saved'] / MIB:.1f} MiB saved"
@@ -85,6 +89,8 @@ def run_check(confdir: Path, vdir: Path | None, as_json: bool) -> None:
     ram, swap = check.meminfo(Path("/proc/meminfo").read_text())
     statuses = [barrier.status(p) for p in check.vdir_parents(guests, [vdir] if vdir else [])]
     findings = check.evaluate(guests, ram, swap, statuses)
+    findings += [check.Finding("error", "not-mounted", f"composefs guest {g.name} is not mounted at {g.root}: "
+                               f"imagefactory mount {g.name}") for g in guests if g.mounted is False]
     layout = cgroups.detect()
     for guest in guests:
         findings += guest_enforcement(Path(guest.conf), layout, page)
@@ -151,7 +157,10 @@ def run_unify(result: SeedResult, confdir: Path, store: Path, mode: str, progres
 @click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop one more capability (repeatable).")
 @click.option("--unify", "do_unify", is_flag=True, help="Unify the new guest into --store right away.")
 @click.option("--store", type=DIR, help="Unification store (also recorded in apps/vunify/hash/).")
-@click.option("--unify-mode", default="auto", show_default=True, help="Mode passed to the unify engine.")
+@click.option("--unify-mode", default="auto", show_default=True,
+              help="composefs, or a mode passed to the unify engine; auto = composefs where the host runs it.")
+@click.option("--meta", type=click.Choice(["erofs", "dir"]), default="erofs", show_default=True,
+              help="composefs metadata layer: EROFS image (mkcomposefs) or a directory of sparse files.")
 @click.option("--replace", is_flag=True, help="Replace an existing guest of that name (keeps its context id).")
 @click.option("--repo", help="Repository URL to pull SOURCE from by name.")
 @click.option("--keyring", type=click.Path(dir_okay=False, path_type=Path), help="Key for the repository's signature.")
@@ -161,7 +170,7 @@ def run_unify(result: SeedResult, confdir: Path, store: Path, mode: str, progres
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 def seed(source, name, vdir, confdir, address, dev, hostname, memory, cpu, disk_size, disk_mode, cap_add, cap_drop,
-         do_unify, store, unify_mode, replace, repo, keyring, cache, do_check, as_json, quiet) -> None:
+         do_unify, store, unify_mode, meta, replace, repo, keyring, cache, do_check, as_json, quiet) -> None:
     """Seed guest NAME from SOURCE: a local IMAGE.tar.zst (with its manifest beside it),
     NAME[@VERSION] from --repo, or REPO-URL/NAME[@VERSION].
 
@@ -201,10 +210,12 @@ def seed(source, name, vdir, confdir, address, dev, hostname, memory, cpu, disk_
     try:
         progress = Progress(quiet=quiet)
         image = resolve_source(source, repo, keyring, cache, progress)
-        result = seed_image(image, guest, replace=replace, progress=progress, disk_mode=disk_mode)
+        layout = composefs.layout_for(guest.store, unify_mode, meta) if do_unify and guest.store else None
+        result = seed_image(image, guest, replace=replace, progress=progress, layout=layout, disk_mode=disk_mode)
         unified = None
         if do_unify and guest.store is not None:
-            unified = run_unify(result, guest.confdir, guest.store, unify_mode, progress)
+            unified = layout.summary() if layout else run_unify(result, guest.confdir, guest.store, unify_mode,
+                                                                progress)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if as_json:
@@ -223,7 +234,7 @@ def guests(confdir, as_json) -> None:
         click.echo(json.dumps([g.to_dict() for g in rows], indent=2))
         return
     header = (f"{'NAME':<16} {'STATE':<8} {'CTX':>5}  {'IMAGE':<24} {'VERSION':<15} {'IP':<18} {'SIZE':>10} "
-              f"{'SHARED':>6} {'MEMORY':>10} {'CPU':>6}  DISK (OWN LAYER / LIMIT)")
+              f"{'SHARED':>6} {'MEMORY':>10} {'CPU':>6} {'MOUNTED':>7} {'UPPER':>10}  DISK (OWN LAYER / LIMIT)")
     click.echo(header)
 
     def fmt(value, spec: str = "", suffix: str = "") -> str:
@@ -233,6 +244,7 @@ def guests(confdir, as_json) -> None:
         click.echo(
             f"{g.name:<16} {(g.state or '-').lower():<8} {fmt(g.context):>5}  {fmt(g.image):<24} "
             f"{fmt(g.version):<15} {fmt(g.ip):<18} {human(g.disk_usage):>10} {fmt(g.shared_percent, '.1f', '%'):>6} "
-            f"{human(g.memory):>10} {fmt(g.cpu_percent, 'g', '%'):>6}  "
+            f"{human(g.memory):>10} {fmt(g.cpu_percent, 'g', '%'):>6}"
+            f" {'-' if g.mounted is None else 'yes' if g.mounted else 'NO':>7} {human(g.upper_bytes):>10}  "
             + (f"{human(g.disk_used)} / {human(g.disk_limit)} ({g.disk_mode})" if g.disk_limit else "unlimited")
         )

@@ -12,6 +12,7 @@ from pathlib import Path
 from imagefactory.seed import contexts, disk, runtime
 from imagefactory.seed.vserver_conf import MANIFEST
 from repo.artifacts import image_version
+from unify.composefs.guest import GuestLayers, Usage, usage
 
 
 @dataclass
@@ -73,6 +74,8 @@ class GuestInfo:
     disk_used: int | None = None  # bytes in the guest's own layer (what counts against disk_limit)
     disk_limit: int | None = None  # its disk limit (dlimits), None: unlimited
     disk_mode: str | None = None  # image or quota
+    mounted: bool | None = None  # composefs guests: is the overlay mounted at the root?
+    upper_bytes: int | None = None  # composefs guests: disk use of the guest's own changes
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,7 +92,8 @@ def read_guest(conf: Path, page_size: int, *, measure: bool = True) -> GuestInfo
     ip, prefix = _read(conf / "interfaces/0/ip"), _read(conf / "interfaces/0/prefix")
     rss = _int(conf / "rlimits/rss.hard") or _int(conf / "rlimits/rss")
     fill, interval = _int(conf / "sched/fill-rate"), _int(conf / "sched/interval")
-    usage = tree_usage(root) if measure and root is not None and root.is_dir() else None
+    cfs = composefs_usage(root) if root is not None else None
+    usage = tree_usage(root) if measure and root is not None and root.is_dir() and cfs is None else None
     context = contexts.read_context(conf)
     space = _int(conf / "dlimits/0/space_total")
     layer = disk.Layer(Path(os.path.normpath(root))) if root is not None else None
@@ -105,14 +109,21 @@ def read_guest(conf: Path, page_size: int, *, measure: bool = True) -> GuestInfo
         ip=f"{ip}/{prefix}" if ip and prefix else ip,
         memory=rss * page_size if rss is not None else None,
         cpu_percent=float(Fraction(fill * 100, interval)) if fill and interval else None,
-        disk_usage=usage.disk_usage if usage else None,
+        disk_usage=usage.disk_usage if usage else (cfs.state_bytes if cfs and measure else None),
         shared_percent=round(100 * usage.shared_bytes / usage.file_bytes, 1) if usage and usage.file_bytes else None,
         state=runtime.lxc_state(conf / "lxc", conf.name) if measure else None,
         disk_used=own[0] if own else None,
         disk_limit=space * 1024 if space is not None else None,
         disk_mode=layer.mode if layer is not None else None,
+        mounted=cfs.mounted if cfs else None,
+        upper_bytes=cfs.upper_bytes if cfs else None,
     )
 
+
+def composefs_usage(root: Path) -> Usage | None:
+    """Mounted state and disk use of a composefs guest (None for a plain root)."""
+    layers = GuestLayers(root)
+    return usage(layers) if layers.exists() else None
 
 
 def guest_store(conf: Path) -> Path | None:

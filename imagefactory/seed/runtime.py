@@ -32,6 +32,9 @@ from imagefactory.seed import disk, lxc
 from imagefactory.seed.guest import check_name
 from imagefactory.seed.limits import Limits
 from imagefactory.seed.vserver_conf import LIMITS
+from unify.composefs import mount as cfs_mount
+from unify.composefs.convert import recover
+from unify.composefs.guest import GuestLayers
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KEEPER = ("/bin/sleep", "infinity")  # the guest's own sleep keeps an init-less guest up
@@ -135,19 +138,23 @@ def has_init(root: Path) -> bool:
 def prepare(guest: Installed) -> None:
     """Mount what the root is made of before LXC starts the guest.
 
-    Hook for composefs guests (issue 11, `imagefactory mount NAME`, not on
-    this branch yet): their root is an overlay the composefs mode mounts
-    itself, with upper and work dirs from guest.layer; call its mount here,
-    after the own layer is attached, and its unmount in release() before
-    the own layer is detached. Their LXC config then uses `dir:` on the
-    mounted root instead of LXC's own overlay.
+    composefs guests (seed --unify-mode composefs): their root is the
+    composefs overlay, mounted as `imagefactory mount NAME` does (finishing
+    an interrupted conversion first); it stays mounted after stop, as its
+    mount unit keeps it. With a disk limit, LXC's own overlay then stacks
+    the guest's own layer on that mounted root.
     """
+    layers = GuestLayers(guest.root)
+    if layers.exists():
+        record = recover(layers)
+        if record is not None:
+            cfs_mount.mount(layers, record)
     if guest.limits is not None and guest.limits.disk is not None:
         disk.attach(guest.layer)
 
 
 def release(guest: Installed) -> None:
-    """Undo prepare() (see its composefs hook)."""
+    """Undo prepare() (a composefs root stays mounted)."""
     if guest.limits is not None and guest.limits.disk is not None:
         disk.detach(guest.layer)
 

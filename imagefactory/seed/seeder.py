@@ -131,17 +131,49 @@ def config_tree(guest: Guest, context: int, manifest_json: str, *, boot: bool,
     return tree, limits.unenforced
 
 
+class PlainRoot:
+    """How a guest root is filled: here, the image unpacked into it (see seed/composefs.py for
+    the other way). Hooks: fill the staged root, extra (stage, target) pairs to commit before
+    root and conf, conf files, what to do right before and after the commit, cleanup."""
+
+    def fill(self, fh, manifest: dict, root_stage: Path, guest: Guest, progress: Progress) -> None:
+        unpack.unpack(fh, root_stage, total=int(manifest.get("files") or 0), progress=progress)
+
+    def has_init(self, root_stage: Path) -> bool:
+        return has_init(root_stage)
+
+    def pairs(self) -> list[tuple[Path, Path]]:
+        return []
+
+    def conf_files(self, guest: Guest) -> dict[str, str]:
+        return {}
+
+    def before_commit(self, guest: Guest) -> None:
+        pass
+
+    def after_commit(self, guest: Guest) -> None:
+        pass
+
+    def cleanup(self) -> None:
+        pass
+
+    def result_files(self, guest: Guest) -> dict[str, str]:
+        return {}
+
+
 def seed_image(
     image: Path, guest: Guest, *, replace: bool = False, progress: Progress | None = None,
-    layout: cgroups.Layout | None = None, disk_mode: str = "auto",
+    layout: PlainRoot | None = None, cgroup_layout: cgroups.Layout | None = None, disk_mode: str = "auto",
 ) -> SeedResult:
     """Seed guest from a local image whose manifest sits beside it.
 
-    The cgroup keys follow `layout` (default: this host's, seed/cgroups.py).
+    `layout` fills the root (default: the image unpacked; seed/composefs.py: composefs
+    layers). The cgroup keys follow `cgroup_layout` (default: this host's, seed/cgroups.py).
     With a disk limit, the guest's own layer is made too (seed/disk.py).
     """
     progress = progress or Progress(quiet=True)
-    layout = layout or cgroups.detect()
+    layout = layout or PlainRoot()
+    cgroup_layout = cgroup_layout or cgroups.detect()
     manifest = unpack.load_manifest(image)
     with open(image, "rb") as fh:
         progress.stage(f"verifying {image.name}")
@@ -162,11 +194,13 @@ def seed_image(
             try:
                 progress.stage(f"unpacking into {guest.root}")
                 root_stage.mkdir(mode=0o755)
-                unpack.unpack(fh, root_stage, total=int(manifest.get("files") or 0), progress=progress)
+                layout.fill(fh, manifest, root_stage, guest, progress)
                 progress.stage(f"writing config {guest.conf} (context {context})")
                 tree, unenforced = config_tree(guest, context, json.dumps(manifest, indent=2) + "\n",
-                                               boot=has_init(root_stage), layout=layout)
+                                               boot=layout.has_init(root_stage), layout=cgroup_layout)
+                tree.add(layout.conf_files(guest))
                 write_tree(conf_stage, tree)
+                layout.before_commit(guest)
                 # The own layer is made under the staging name and renamed with the root.
                 staged_layer, layer = disk.Layer(root_stage), disk.Layer(guest.root)
                 way = None
@@ -174,7 +208,7 @@ def seed_image(
                     if guest.limits.disk is not None:
                         progress.stage(f"making the own layer of {guest.name} ({guest.limits.disk} bytes)")
                         way = disk.setup(staged_layer, guest.limits.disk, disk_mode, context)
-                    old = commit([(root_stage, guest.root), (conf_stage, guest.conf)])
+                    old = commit([*layout.pairs(), (root_stage, guest.root), (conf_stage, guest.conf)])
                 except BaseException:
                     disk.remove(staged_layer)
                     raise
@@ -186,6 +220,8 @@ def seed_image(
                 for stage in (root_stage, conf_stage):
                     if os.path.lexists(stage):
                         remove_tree(stage)
+                layout.cleanup()
+    layout.after_commit(guest)
     leftovers = []
     for path in old:
         try:
@@ -205,10 +241,11 @@ def seed_image(
             "nspawn": str(guest.conf / nspawn.settings_path(guest.name)),
             "nspawn-limits": str(guest.conf / nspawn.dropin_path(guest.name)),
             "lxc": str(guest.conf / lxc.config_path(guest.name)),
+            **{key: str(guest.conf / rel) for key, rel in layout.result_files(guest).items()},
         },
         replaced=bool(old),
         leftovers=leftovers,
-        cgroup=layout.describe(),
+        cgroup=cgroup_layout.describe(),
         unenforced=unenforced,
         disk=way,
     )
