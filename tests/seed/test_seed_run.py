@@ -68,6 +68,7 @@ class Host:
                 subprocess.run(["lxc-stop", "-P", str(conf / "lxc"), "-n", conf.name, "-k"], capture_output=True)
                 root = conf / os.readlink(conf / "vdir")
                 disk.detach(disk.Layer(Path(os.path.normpath(root))))
+        self.cli("umount", "--all", "--confdir", str(self.confdir))  # composefs roots
 
 
 @pytest.fixture
@@ -210,3 +211,19 @@ def test_limits_change_later(host):
     write = host.exec("later", "dd", "if=/dev/zero", "of=/big", "bs=1M", "count=50")
     assert write.returncode == 0, write.stderr
     assert host.guests()["later"]["disk_limit"] == 60 * MIB
+
+
+def test_disk_limit_on_composefs_guests(host):
+    """composefs guests share the store's objects; LXC stacks each one's own layer on its mounted root."""
+    for name in ("c1", "c2"):
+        host.seed(name, "--disk", "50M", "--unify", "--store", str(host.vdir / ".store"), "--unify-mode", "composefs",
+                  "--meta", "dir")
+        host.start(name)
+    assert host.exec("c1", "dd", "if=/dev/zero", "of=/own1", "bs=1M", "count=40").returncode == 0
+    full = host.exec("c1", "dd", "if=/dev/zero", "of=/own2", "bs=1M", "count=40")
+    assert full.returncode != 0 and "No space left on device" in full.stderr
+    assert host.exec("c2", "dd", "if=/dev/zero", "of=/own1", "bs=1M", "count=45").returncode == 0
+    assert host.exec("c2", "cmp", "/usr/share/shared.bin", "/usr/share/shared.bin").returncode == 0
+    rows = host.guests()
+    assert rows["c1"]["mounted"] and rows["c1"]["disk_limit"] == 50 * MIB
+    assert 40 * MIB <= rows["c1"]["disk_used"] <= 50 * MIB

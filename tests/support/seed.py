@@ -104,7 +104,7 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     return code, out, err
 
 
-BUSYBOX_APPLETS = ("sh", "cat", "dd", "mknod", "grep", "sleep", "ls", "insmod", "ip", "df", "rm", "head", "sync")
+BUSYBOX_APPLETS = ("sh", "cat", "dd", "mknod", "grep", "sleep", "ls", "insmod", "ip", "df", "rm", "head", "sync", "cmp")
 
 
 def busybox_image(directory_: Path, name: str = "bb", *, shared: bytes = b"") -> Path:
