@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -47,7 +48,8 @@ def verify_apt(state: Path, keyring: Path) -> list[str]:
             continue
         if not release_path.is_file() or release_path.read_bytes() != signed:
             problems.append(f"apt: {dist.name}/Release differs from the text signed in InRelease")
-        _, sums = apt.parse_release(signed.decode())
+        fields, sums = apt.parse_release(signed.decode())
+        problems += stale_release(dist.name, fields, time.time())
         for rel, (digest, size) in sums.items():
             file_problems = _check_file(dist, rel, digest, size, "apt")
             problems += file_problems
@@ -57,6 +59,14 @@ def verify_apt(state: Path, keyring: Path) -> list[str]:
             if rel.endswith("/Packages") and not file_problems:
                 problems += _verify_packages(state, (dist / rel).read_text())
     return problems
+
+
+def stale_release(suite: str, fields: dict[str, str], now: float) -> list[str]:
+    """Freshness: apt refuses a Release whose Valid-Until has passed."""
+    until = apt.expires_at(fields)
+    if until is not None and until < now:
+        return [f"apt: dists/{suite}/Release expired at {fields['Valid-Until']}; run `imagefactory repo resign`"]
+    return []
 
 
 def _verify_packages(state: Path, text: str) -> list[str]:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagefactory.build import chroot, fetch, manifest
+from imagefactory.build import chroot, fetch, formats, manifest
 from imagefactory.build.image import write_image
 from imagefactory.build.plan import Backend, BuildOptions, Plan
 from imagefactory.build.recipe import Recipe
@@ -89,6 +89,7 @@ def build(recipe: Recipe, out_dir: Path, opts: BuildOptions, progress: Progress,
         when = epoch if epoch is not None else int(os.environ.get("SOURCE_DATE_EPOCH", the_plan.snapshot_epoch))
         sha, size, stats = write_image(rootfs, image_stage, when, level=opts.zstd_level)
         doc = manifest.build_manifest(the_plan, image_final.name, sha, size, stats, time.monotonic() - started)
+        doc["artifacts"] = formats.write_for(recipe, rootfs, out_dir, when, opts, progress)
         # Commit: rootfs, then image, then the manifest that says both are complete.
         manifest_final.unlink(missing_ok=True)
         if final_dir.exists():

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imagefactory.build.formats import OciConfig
+from imagefactory.build.formats import check_names as check_formats
 from imagefactory.core.errors import RecipeError
 
 # Shipped recipes: package data (imagefactory/recipes, a symlink to the top-level recipes/ in a checkout).
@@ -41,7 +43,11 @@ SCHEMA: dict[str, tuple[type, str]] = {
     "hostname": (str, "the guest's hostname"),
     "repo_gpgcheck": (bool, "verify the signature of repomd.xml (Fedora)"),
     "customize": (list, "steps run after install: {write, content, mode} or {run}"),
+    "formats": (list, "output formats besides rootfs + tar.zst: squashfs, incus, incus-unified, lxc, oci"),
+    "oci": (dict, "OCI image config: cmd, entrypoint, env (lists), working_dir, user, tag, labels (table)"),
 }
+OCI_KEYS: dict[str, type] = {"cmd": list, "entrypoint": list, "env": list, "working_dir": str, "user": str,
+                             "tag": str, "labels": dict}
 CUSTOMIZE_KEYS = {"write": str, "content": str, "mode": str, "run": str}
 
 
@@ -71,6 +77,8 @@ class Recipe:
     description: str = ""
     repo_gpgcheck: bool = True
     customize: tuple[CustomizeStep, ...] = ()
+    formats: tuple[str, ...] = ()
+    oci: OciConfig = OciConfig()
     source: str = ""  # path of the file the recipe came from
     digest: str = field(default="", compare=False)  # sha256 of the merged recipe
 
@@ -86,6 +94,8 @@ def _check_types(data: dict[str, Any], where: str) -> None:
         want = SCHEMA[key][0]
         if not isinstance(value, want) or (want is str and isinstance(value, bool)):
             raise RecipeError(f"{where}: key {key!r} must be a {want.__name__}, not {type(value).__name__}")
+        if isinstance(value, dict) and key == "oci":
+            _check_oci(value, where)
         if want is list and key != "customize" and not all(isinstance(v, str) for v in value):
             raise RecipeError(f"{where}: key {key!r} must be a list of strings")
     for i, step in enumerate(data.get("customize", [])):
@@ -101,6 +111,27 @@ def _check_types(data: dict[str, Any], where: str) -> None:
             raise RecipeError(f"{here} needs exactly one of 'write' or 'run'")
         if "write" in step and not step["write"].startswith("/"):
             raise RecipeError(f"{here}: 'write' must be an absolute guest path")
+
+
+def _check_oci(table: dict[str, Any], where: str) -> None:
+    for k, v in table.items():
+        if k not in OCI_KEYS:
+            raise RecipeError(f"{where}: oci: unknown key {k!r} (known: {', '.join(OCI_KEYS)})")
+        if not isinstance(v, OCI_KEYS[k]):
+            raise RecipeError(f"{where}: oci: key {k!r} must be a {OCI_KEYS[k].__name__}")
+        if isinstance(v, list) and not all(isinstance(x, str) for x in v):
+            raise RecipeError(f"{where}: oci: key {k!r} must be a list of strings")
+        if isinstance(v, dict) and not all(isinstance(x, str) for x in v.values()):
+            raise RecipeError(f"{where}: oci: labels must map strings to strings")
+
+
+def oci_config(table: dict[str, Any]) -> OciConfig:
+    defaults = OciConfig()
+    return OciConfig(
+        cmd=tuple(table.get("cmd", defaults.cmd)), entrypoint=tuple(table.get("entrypoint", defaults.entrypoint)),
+        env=tuple(table.get("env", defaults.env)), working_dir=table.get("working_dir", defaults.working_dir),
+        user=table.get("user", defaults.user), tag=table.get("tag", defaults.tag),
+        labels=tuple(sorted(table.get("labels", {}).items())))
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -200,6 +231,8 @@ def load(ref: str, search: Path | None = None) -> Recipe:
         description=data.get("description", ""),
         repo_gpgcheck=data.get("repo_gpgcheck", True),
         customize=steps,
+        formats=check_formats(data.get("formats", []), f"{where}: key 'formats'"),
+        oci=oci_config(data.get("oci", {})),
         source=where,
         digest=digest,
     )
