@@ -1,0 +1,87 @@
+"""A small real guest tree (static busybox) written in every format, plus tree comparison.
+
+The tree has what trips format writers: hard links, a setuid binary, a sticky dir, a device node,
+an xattr, a symlink, non-root owners, a file newer than the snapshot epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+from imagefactory.build.formats import Target, write_all
+from imagefactory.build.image import walk_sorted, write_image
+from tests.support import need_tool
+
+EPOCH = 1793347681  # 2026-10-30 08:08:01 UTC
+ALL = ("squashfs", "incus", "incus-unified", "lxc", "oci")
+
+
+def busybox_tree(root: Path) -> Path:
+    need_tool("busybox")
+    for d in ("bin", "etc", "dev", "tmp", "root", "home/u", "usr/bin", "var/lib"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(shutil.which("busybox") or "/bin/busybox", root / "bin/busybox")
+    for applet in ("sh", "cat", "ls", "echo", "hostname", "id", "stat"):
+        os.symlink("busybox", root / "bin" / applet)
+    (root / "etc/debian_version").write_text("forky/sid\n")
+    (root / "etc/hostname").write_text("guest\n")
+    (root / "etc/hosts").write_text("127.0.0.1 localhost\n")
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\nu:x:1000:1000::/home/u:/bin/sh\n")
+    (root / "etc/group").write_text("root:x:0:\nu:x:1000:\n")
+    os.chmod(root / "tmp", 0o1777)
+    os.chmod(root / "root", 0o700)
+    (root / "home/u/notes").write_text("mine\n")
+    os.link(root / "home/u/notes", root / "home/u/notes.link")
+    os.chown(root / "home/u", 1000, 1000)
+    os.chown(root / "home/u/notes", 1000, 1000)
+    (root / "usr/bin/su-ish").write_bytes(b"#!/bin/sh\n")
+    os.chmod(root / "usr/bin/su-ish", 0o4755)
+    os.setxattr(root / "usr/bin/su-ish", "user.imagefactory", b"x")
+    os.mknod(root / "dev/null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    os.utime(root / "var/lib", (EPOCH + 86400, EPOCH + 86400))  # newer than the snapshot: clamped
+    return root
+
+
+def target(rootfs: Path, out: Path, name: str = "debian-sid", epoch: int = EPOCH) -> Target:
+    return Target(rootfs=rootfs, out_dir=out, name=name, epoch=epoch, distro="debian", suite="sid",
+                  architecture="amd64", variant="minbase")
+
+
+def formats_image(rootfs: Path, out: Path, name: str = "debian-sid", epoch: int = EPOCH,
+                  formats: tuple[str, ...] = ALL) -> Path:
+    """<name>.tar.zst + every format + a manifest listing them, as `imagefactory build` writes them."""
+    out.mkdir(parents=True, exist_ok=True)
+    image = out / f"{name}.tar.zst"
+    sha, size, stats = write_image(rootfs, image, epoch)
+    records = write_all(target(rootfs, out, name, epoch), formats)
+    manifest = {"schema": 1, "name": name, "family": "debian", "distro": "debian", "suite": "sid",
+                "architecture": "amd64", "variant": "minbase",
+                "snapshot": {"date": "", "epoch": epoch, "mirror": "http://mirror.invalid/debian"},
+                "packages": [], "files": stats.files, "apparent_size": stats.apparent_size,
+                "disk_usage": stats.disk_usage, "image": {"file": image.name, "sha256": sha, "size": size},
+                "artifacts": records, "build_seconds": 0.1, "imagefactory": "0.1.0"}
+    (out / f"{name}.manifest.json").write_text(json.dumps(manifest, indent=1))
+    return image
+
+
+def tree(root: Path) -> dict[str, tuple]:
+    """path -> (type, mode, uid, gid, content or link target or rdev, hard-link group) for comparison."""
+    out: dict[str, tuple] = {}
+    inodes: dict[tuple[int, int], str] = {}
+    for rel, st in walk_sorted(root):
+        path = os.path.join(os.fsencode(root), rel)
+        kind = stat.S_IFMT(st.st_mode)
+        if stat.S_ISREG(st.st_mode):
+            with open(path, "rb") as f:
+                detail: object = f.read()
+            link = inodes.setdefault((st.st_dev, st.st_ino), os.fsdecode(rel)) if st.st_nlink > 1 else ""
+        elif stat.S_ISLNK(st.st_mode):
+            detail, link = os.readlink(path), ""
+        else:
+            detail, link = st.st_rdev if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else None, ""
+        out[os.fsdecode(rel)] = (kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, detail, link)
+    return out
