@@ -170,13 +170,13 @@ def test_pipeline_writes_recipe_and_cli_formats_identically_twice(tmp_path, arch
             out = tmp_path / f"out{n}"
             proc = subprocess.run([sys.executable, "-m", "imagefactory", "build", str(tmp_path / "guest.toml"),
                                    "-o", str(out), "--cache-dir", str(tmp_path / "cache"), "--format", "incus",
-                                   "--format", "lxc", "-q"], capture_output=True, text=True, timeout=600)
+                                   "-q"], capture_output=True, text=True, timeout=600)
             assert proc.returncode == 0, proc.stderr
             outs.append(out)
     m = json.loads((outs[0] / "guest.manifest.json").read_text())
     files = [r["file"] for r in m["artifacts"]]
-    assert {r["format"] for r in m["artifacts"]} == {"oci", "incus", "lxc"}
-    assert "guest.squashfs" in files and "guest.oci.tar" in files and "guest.lxc-rootfs.tar.xz" in files
+    assert {r["format"] for r in m["artifacts"]} == {"oci", "incus"}
+    assert "guest.squashfs" in files and "guest.oci.tar" in files and "guest.incus.tar.xz" in files
     for rel in files:
         assert (outs[0] / rel).read_bytes() == (outs[1] / rel).read_bytes(), rel
     assert m["artifacts"] == json.loads((outs[1] / "guest.manifest.json").read_text())["artifacts"]
