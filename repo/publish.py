@@ -207,6 +207,9 @@ def _write_lxc_and_oci(stage: Path, signer: Signer, state: dict) -> dict[str, st
     stale += [*stage.glob("oci/*/index.json"), *stage.glob("oci/*/oci-layout")]
     for path in stale:
         path.unlink(missing_ok=True)
+    for directory in (stage / "oci").glob("*"):
+        if directory.is_dir() and not any(directory.rglob("*")):
+            shutil.rmtree(directory)
     index = images.lxc_index(state["images"])
     if index:
         put(stage, images.LXC_INDEX, index)
