@@ -91,8 +91,8 @@ def test_lxc_download_template_over_https_then_lxc_execute(published, tmp_path, 
     lxcpath, cache = tmp_path / "lxc", tmp_path / "lxc-cache"
     lxcpath.mkdir()
     (tmp_path / "default.conf").write_text("lxc.net.0.type = empty\n")  # no host bridge here
-    args = ["lxc-create", "-P", str(lxcpath), "-n", "c1", "-f", str(tmp_path / "default.conf"), "-t", "download", "--", "--dist", "debian",
-            "--release", "sid", "--arch", "amd64"]
+    args = ["lxc-create", "-P", str(lxcpath), "-n", "c1", "-f", str(tmp_path / "default.conf"), "-t", "download",
+            "--", "--dist", "debian", "--release", "sid", "--arch", "amd64"]
     with serve_https(cur, cert, key) as server:
         untrusted = subprocess.run([*args, "--server", server], capture_output=True, text=True, timeout=120,
                                    env={**os.environ, "LXC_CACHE_PATH": str(cache), "WGETRC": "/dev/null"})
