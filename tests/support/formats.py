@@ -135,3 +135,28 @@ def serve_https(directory: Path, cert: Path, key: Path) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def distrobuilder(tools_root: Path, work: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run distrobuilder from the tools root with `work` at /work (its cwd).
+
+    distrobuilder wants `/` to be a mount point and bind-mounts the tools root's /etc/resolv.conf;
+    an overlay over the (shared, cached) tools root gives both without changing it, and pivot_root
+    makes the overlay `/`. All mounts live in a private namespace and vanish with it.
+    """
+    scratch = work.parent / f".{work.name}.overlay"
+    for d in ("u", "w", "m"):
+        (scratch / d).mkdir(parents=True, exist_ok=True)
+    m = scratch / "m"
+    script = "\n".join([
+        "set -e",
+        f"mount -t overlay overlay -o lowerdir={tools_root},upperdir={scratch / 'u'},workdir={scratch / 'w'} {m}",
+        f"touch {m}/etc/resolv.conf && mkdir -p {m}/work {m}/oldroot && mount --bind {work} {m}/work",
+        f"cd {m} && pivot_root . oldroot && mount -t proc proc /proc && umount -l /oldroot",
+        "cd /work && exec distrobuilder \"$@\"",
+    ])
+    try:
+        return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *args],
+                              capture_output=True, text=True, timeout=600)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
