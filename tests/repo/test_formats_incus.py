@@ -63,8 +63,9 @@ def test_incus_simplestreams_reads_our_tree_and_adds_the_same_image(toolsroot, b
     for img in listed:
         assert img["architecture"] == "x86_64" and img["properties"]["os"] == "debian"
         assert img["properties"]["release"] == "sid" and img["properties"]["serial"] == VERSION
-        assert {a["name"] for a in img["aliases"]} == {"debian-sid", "debian/sid/default", "debian/sid"}
         assert img["created_at"].startswith("2026-10-30")
+    aliases = {a["name"] for img in listed for a in img.get("aliases") or []}  # an alias names one image
+    assert aliases >= {"debian-sid", "debian/sid/default", "debian/sid"}
 
     # the same split and unified image through `incus-simplestreams add`
     theirs_dir = tmp_path / "theirs"
@@ -98,7 +99,7 @@ def test_distrobuilder_pack_incus_of_the_same_rootfs(toolsroot, built, tmp_path)
     rootfs, image = built
     work = tmp_path / "work"
     (work / "out").mkdir(parents=True)
-    shutil.copytree(rootfs, work / "src", symlinks=True)
+    subprocess.run(["cp", "-a", str(rootfs), str(work / "src")], check=True)  # owners, links, devices
     (work / "def.yaml").write_text(
         "image: {distribution: debian, release: sid, architecture: amd64, variant: default, description: x}\n"
         "source: {downloader: debootstrap, url: 'http://127.0.0.1/unused', skip_verification: true}\n"
@@ -120,9 +121,11 @@ def test_distrobuilder_pack_incus_of_the_same_rootfs(toolsroot, built, tmp_path)
     assert ARCH[theirs["architecture"]] == ARCH[ours["architecture"]]
     assert theirs["creation_date"] > ours["creation_date"]  # theirs is the build time
     assert theirs["templates"]["/etc/hostname"] == ours["templates"]["/etc/hostname"]
-    # the squashfs holds the same tree (their settings are ours: xz, 1 MiB blocks)
+    # the squashfs holds the same tree (their settings are ours: xz, 1 MiB blocks), except that
+    # distrobuilder empties /dev and adds the proc, sys and run mount points
     subprocess.run(["unsquashfs", "-d", str(tmp_path / "x"), str(squash)], check=True, capture_output=True)
-    assert tree(tmp_path / "x") == tree(rootfs)
+    theirs_tree = {k: v for k, v in tree(tmp_path / "x").items() if k not in ("proc", "sys", "run")}
+    assert theirs_tree == {k: v for k, v in tree(rootfs).items() if not k.startswith("dev/")}
     # fingerprint scheme: what incus-simplestreams computes for their image is sha256(meta || rootfs)
     for name in ("incus.tar.xz", "rootfs.squashfs"):
         shutil.copy(work / "out" / name, tmp_path / name)
