@@ -15,6 +15,7 @@ import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, cast
 
 import zstandard
 
@@ -142,7 +143,8 @@ def write_image(root: Path, target: Path, epoch: int, threads: int = -1,
     cctx = zstandard.ZstdCompressor(level=level, threads=threads)
     with open(target, "wb") as raw:
         hw = HashingWriter(raw)
-        with cctx.stream_writer(hw, closefd=False) as zw:  # type: ignore[arg-type]  # file-like is enough
+        # zstandard only calls write() and flush() on its sink; HashingWriter has both.
+        with cctx.stream_writer(cast(IO[bytes], hw), closefd=False) as zw:
             with open_tar(zw) as tar:
                 stats = add_tree(tar, root, epoch)
         raw.flush()

@@ -96,7 +96,7 @@ def _check_types(data: dict[str, Any], where: str) -> None:
             raise RecipeError(f"{where}: key {key!r} must be a {want.__name__}, not {type(value).__name__}")
         if isinstance(value, dict) and key == "oci":
             _check_oci(value, where)
-        if want is list and key != "customize" and not all(isinstance(v, str) for v in value):
+        if isinstance(value, list) and key != "customize" and not all(isinstance(v, str) for v in value):
             raise RecipeError(f"{where}: key {key!r} must be a list of strings")
     for i, step in enumerate(data.get("customize", [])):
         here = f"{where}: customize[{i}]"
