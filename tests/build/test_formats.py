@@ -113,7 +113,7 @@ def test_incus_split_and_unified(built):
     with tarfile.open(meta) as tar:
         names = tar.getnames()
         doc = yaml.safe_load(tar.extractfile("metadata.yaml").read())
-    assert names == ["templates", "metadata.yaml", "templates/hostname.tpl", "templates/hosts.tpl"]
+    assert names == ["metadata.yaml", "templates", "templates/hostname.tpl", "templates/hosts.tpl"]
     assert doc["architecture"] == "x86_64" and doc["creation_date"] == EPOCH
     assert {"os", "release", "variant", "serial", "description", "architecture"} <= set(doc["properties"])
     assert doc["properties"]["os"] == "debian" and doc["properties"]["release"] == "sid"

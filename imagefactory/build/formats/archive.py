@@ -80,11 +80,15 @@ def dir_entry(name: str, epoch: int, mode: int = 0o755) -> tarfile.TarInfo:
 
 
 def add_files(tar: tarfile.TarFile, files: dict[str, bytes], epoch: int) -> None:
-    """Small generated files (and their parent directories), sorted by name."""
-    dirs = sorted({"/".join(n.split("/")[:i]) for n in files for i in range(1, n.count("/") + 1)})
-    for d in dirs:
-        tar.addfile(dir_entry(d, epoch))
+    """Small generated files in name order, each parent directory just before its first child."""
+    made: set[str] = set()
     for name in sorted(files):
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if parent not in made:
+                made.add(parent)
+                tar.addfile(dir_entry(parent, epoch))
         tar.addfile(*file_entry(name, files[name], epoch))
 
 
