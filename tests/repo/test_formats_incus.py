@@ -76,13 +76,12 @@ def test_incus_simplestreams_reads_our_tree_and_adds_the_same_image(toolsroot, b
     simplestreams(toolsroot, theirs_dir, "add", "debian-sid.incus.tar.xz", "debian-sid.squashfs")
     # `add` of any unified tarball fails at random here ("exit status 1": it stops reading while
     # `gzip -d` still writes; 2 of 10 runs fail for a GNU-tar-made tarball too): retry that one
-    for attempt in range(8):
-        proc = toolsroot.run(["incus-simplestreams", "add", "debian-sid.incus.tar.gz"], binds=[theirs_dir],
-                             cwd=theirs_dir, check=False)
-        if proc.returncode == 0:
-            break
+    failures = 0
+    while (proc := toolsroot.run(["incus-simplestreams", "add", "debian-sid.incus.tar.gz"], binds=[theirs_dir],
+                                 cwd=theirs_dir, check=False)).returncode != 0 and failures < 8:
         assert proc.stderr.decode().strip() == "Error: exit status 1", proc.stderr.decode()
-    assert proc.returncode == 0, f"incus-simplestreams add of the unified image failed {attempt + 1} times"
+        failures += 1
+    assert proc.returncode == 0, f"incus-simplestreams add of the unified image failed {failures} times"
     theirs = json.loads((theirs_dir / "streams/v1/images.json").read_text())["products"]
     (pid, product), = theirs.items()
     assert pid == "debian:sid:default:x86_64"
