@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import json
+import os
 import re
 import tarfile
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from imagefactory.build.debian import debfile
 from imagefactory.core.errors import ImageFactoryError, UnsafeInput, VerificationError
 from imagefactory.core.hashing import sha256_file
 from imagefactory.core.manifest import ImageFiles
+from imagefactory.core.paths import is_inside
 
 KERNEL_MANIFEST = "kernel-manifest.json"  # written by `imagefactory kernel build` beside its packages
 KERNEL_MANIFEST_SCHEMA = "imagefactory-kernel-manifest/1"
@@ -208,7 +210,9 @@ def format_files(directory: Path, manifest: dict, where: Path) -> list[tuple[dic
         if str(rel).startswith("/") or ".." in parts or not all(_SAFE_PART.match(x) for x in parts):
             raise UnsafeInput(f"{where}: artifact path {rel!r} is not a safe relative path")
         path = directory / rel
-        if not path.is_file() or path.is_symlink():
+        if path.is_symlink() or not is_inside(os.path.realpath(path), os.path.realpath(directory)):
+            raise UnsafeInput(f"{where}: artifact {rel} leads outside {directory} through a symlink")
+        if not path.is_file():
             raise ArtifactError(f"{where}: artifact {rel} ({fmt}) is missing beside the image")
         digest, size = sha256_file(path)
         if digest != claimed_sha or size != claimed_size:
