@@ -73,25 +73,22 @@ def test_oci_layout_read_by_skopeo_and_unpacked_by_umoci_equals_rootfs(built, tm
     assert config["process"]["args"] == ["/bin/sh"]
 
 
-def test_podman_runs_the_oci_archive_where_the_machine_allows(built):
-    need_tool("podman")
+def test_podman_runs_the_oci_archive(built):
+    """podman on this machine kind: vfs storage, cgroupfs manager, runc (crun refuses hybrid cgroups),
+    and ulimits below the sandbox's hard limits (raising them needs CAP_SYS_RESOURCE)."""
+    need_tool("podman", "runc")
     _, out, _ = built
     home = Path(tempfile.mkdtemp(prefix="if-pod-", dir="/tmp"))  # podman wants a runroot under 50 characters
-    base = ["podman", "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--root", str(home / "st"),
-            "--runroot", str(home / "run")]
+    base = ["podman", "--runtime", "runc", "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs",
+            "--root", str(home / "st"), "--runroot", str(home / "run")]
     try:
-        pulled = sh(*base, "pull", "-q", f"oci-archive:{out / 'debian-sid.oci.tar'}").stdout.strip()
-        assert pulled  # podman read the archive: image id printed
-        run = subprocess.run([*base, "run", "--rm", "--network", "none", "--cgroups", "disabled", pulled,
-                              "cat", "/etc/debian_version"], capture_output=True, text=True, timeout=300)
+        run = sh(*base, "run", "--rm", "--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit",
+                 "nproc=1024:1024", f"oci-archive:{out / 'debian-sid.oci.tar'}", "cat", "/etc/debian_version")
+        assert run.stdout == "forky/sid\n"
     finally:
         subprocess.run([*base, "rmi", "-af"], capture_output=True, timeout=120)
         subprocess.run(["umount", "-R", str(home / "st")], capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
-    if run.returncode != 0 and "setrlimit" in run.stderr:
-        pytest.skip(f"podman read the image but crun cannot start containers here: {run.stderr.strip()[-120:]}")
-    assert run.returncode == 0, run.stderr
-    assert run.stdout == "forky/sid\n"
 
 
 def test_squashfs_lists_and_stats_and_extracts_equal_to_rootfs(built, tmp_path):
