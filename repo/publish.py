@@ -90,6 +90,7 @@ def _add(stage: Path, config: Config, art, state: dict) -> None:
                                   "release": art.release, "arch": art.arch, "filename": rel, "size": art.size,
                                   "sha256": art.sha256, "source_sha256": art.sha256}
     elif isinstance(art, Image):
+        old = state["images"].get(art.key)
         base = streams.image_dir(art.name, art.version)
         rel, mrel = f"{base}/{art.name}.tar.zst", f"{base}/{art.name}.manifest.json"
         copy_in(stage, rel, art.path)
@@ -105,6 +106,8 @@ def _add(stage: Path, config: Config, art, state: dict) -> None:
                                     "manifest_sha256": art.manifest_sha256, "manifest_size": art.manifest_size,
                                     "manifest": art.manifest, "source_sha256": art.sha256,
                                     "artifacts": [a for a in published if a["path"]]}
+        if old is not None:  # --replace: files of the old build that the new one lacks
+            images.remove_unreferenced(stage, images.files_of("images", old), state)
     else:
         rel = f"manifests/{art.name}"
         copy_in(stage, rel, art.path)

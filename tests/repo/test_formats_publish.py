@@ -166,3 +166,20 @@ def test_repo_remove_an_image_version(published, capsys):
     assert run(capsys, "repo", "verify", published)[0] == 0
     code, out, err = run(capsys, "repo", "remove", published, "debian-sid@19990101_000000")
     assert code == 1 and "is not published" in err and "Traceback" not in err
+
+
+def test_replace_drops_the_old_builds_formats(tmp_path, capsys, gpg_key, rootfs):
+    repo = init_repo(capsys, gpg_key, tmp_path / "repo")
+    assert run(capsys, "publish", "--repo", repo, formats_image(rootfs, tmp_path / "a", formats=("lxc", "oci")))[0] == 0
+    changed = tmp_path / "changed"
+    subprocess.run(["cp", "-a", str(rootfs), str(changed)], check=True)
+    (changed / "etc/motd").write_text("rebuilt\n")
+    code, _, err = run(capsys, "publish", "--repo", repo, "--replace",
+                       formats_image(changed, tmp_path / "b", formats=("incus",)))
+    assert code == 0, err
+    base = repo / f"current/images/debian-sid/{VERSION}"
+    assert sorted(p.name for p in base.iterdir()) == ["debian-sid.incus.tar.xz", "debian-sid.manifest.json",
+                                                      "debian-sid.squashfs", "debian-sid.tar.zst"]
+    assert not (repo / "current/oci").exists() or not list((repo / "current/oci").iterdir())
+    assert not (repo / "current/meta/1.0/index-system").exists()
+    assert run(capsys, "repo", "verify", repo)[0] == 0
