@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -178,3 +179,28 @@ def test_pipeline_writes_recipe_and_cli_formats_identically_twice(tmp_path, arch
         assert (outs[0] / rel).read_bytes() == (outs[1] / rel).read_bytes(), rel
     assert m["artifacts"] == json.loads((outs[1] / "guest.manifest.json").read_text())["artifacts"]
     assert not [p for p in outs[0].iterdir() if p.name.startswith(".")]  # nothing staged left
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_real_sid_image_runs_in_podman_and_unpacks_equal(tmp_path):
+    """debian-sid from the real archive with --format oci: podman runs it, umoci unpacks the same tree."""
+    need_tool("podman", "runc", "umoci")
+    cache = Path(os.environ.get("IMAGEFACTORY_CACHE", "/var/cache/imagefactory"))
+    out = tmp_path / "out"
+    sh(sys.executable, "-m", "imagefactory", "build", "debian-sid", "--allow-expired-release", "-q", "-o", out,
+       "--cache-dir", cache, "--format", "oci")
+    rootfs = out / "debian-sid/rootfs"
+    home = Path(tempfile.mkdtemp(prefix="if-pod-", dir="/tmp"))
+    base = ["podman", "--runtime", "runc", "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs",
+            "--root", str(home / "st"), "--runroot", str(home / "run")]
+    try:
+        ran = sh(*base, "run", "--rm", "--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit",
+                 "nproc=1024:1024", f"oci-archive:{out / 'debian-sid.oci.tar'}", "cat", "/etc/debian_version")
+        assert ran.stdout == (rootfs / "etc/debian_version").read_text()
+    finally:
+        subprocess.run([*base, "rmi", "-af"], capture_output=True, timeout=120)
+        subprocess.run(["umount", "-R", str(home / "st")], capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+    sh("umoci", "unpack", "--image", f"{out / 'debian-sid.oci'}:latest", tmp_path / "bundle")
+    assert tree(tmp_path / "bundle/rootfs") == tree(rootfs)
