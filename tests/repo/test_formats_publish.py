@@ -135,7 +135,9 @@ def test_apt_refuses_expired_release_until_resign(tmp_path, capsys, gpg_key):
 
 
 def test_retention_keeps_n_versions_and_old_files_leave_after_grace(tmp_path, capsys, gpg_key, rootfs):
-    repo = init_repo(capsys, gpg_key, tmp_path / "repo", "--keep-versions", "2", "--grace", "3600")
+    repo = init_repo(capsys, gpg_key, tmp_path / "repo", "--grace", "3600")
+    code, out, err = run(capsys, "repo", "configure", repo, "--keep-versions", "2")
+    assert code == 0 and "keep 2 version(s)" in out, err
     for n in range(3):
         img = formats_image(rootfs, tmp_path / f"b{n}", epoch=EPOCH + n * 86400, formats=("lxc",))
         deb = make_deb(tmp_path / f"d{n}", version=f"1.{n}-1", payload=f"v{n}\n".encode())
