@@ -206,7 +206,7 @@ def _read_body(url: str, consume: Callable[[bytes], None], length: Callable[[int
     try:
         while True:
             try:
-                chunk = resp.read(CHUNK)
+                chunk = resp.read1(CHUNK)  # what has arrived: a stall then counts the bytes before it
             except (OSError, http.client.HTTPException) as exc:
                 if not isinstance(resp, http.client.HTTPResponse):
                     raise FetchError(f"cannot read {url}: {exc}") from None
