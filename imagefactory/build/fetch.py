@@ -180,9 +180,10 @@ def stream(url: str, consume: Callable[[bytes], None], restart: Callable[[], Non
     """Feed the body of url to consume(), chunk by chunk, retrying once.
 
     restart() is called before a second attempt so the consumer can discard
-    what it got; length(), if given, receives the Content-Length when known. Errors raised by consume() (a size or hash check, a full disk)
-    pass through untouched; network failures end as one FetchError naming the
-    URL after ATTEMPTS tries."""
+    what it got; length(), if given, receives the Content-Length when known.
+    Errors raised by consume() (a size or hash check, a full disk) pass
+    through untouched; network failures end as one FetchError naming the URL
+    after ATTEMPTS tries."""
     parts = urllib.parse.urlsplit(url)
     for attempt in range(1, ATTEMPTS + 1):
         if attempt > 1:
@@ -219,8 +220,7 @@ def _read_body(url: str, consume: Callable[[bytes], None], length: Callable[[int
         if isinstance(resp, http.client.HTTPResponse) and remaining:  # EOF before Content-Length
             raise _Transient(f"connection dropped after {got} of {got + remaining} bytes")
     finally:
-        if not isinstance(resp, http.client.HTTPResponse):
-            resp.close()
+        resp.close()  # a fully read HTTP response leaves its connection ready for the next request
 
 
 def fetch_url(url: str, limit: int = 64 << 20) -> bytes:
