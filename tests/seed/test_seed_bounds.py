@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from imagefactory.seed.limits import MEMORY_CEILING, Limits, LimitError, parse_memory, parse_share, render
+from imagefactory.seed.limits import MEMORY_CEILING, LimitError, Limits, parse_memory, parse_share, render
 from tests.support.seed import run_cli, seed_args, tiny_image
 
 INT64_MAX = (1 << 63) - 1

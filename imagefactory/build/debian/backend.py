@@ -51,10 +51,9 @@ def index_candidates(mirror: str, suite: str, rel: Release, component: str, arch
     compression the signed Release lists, by-hash (when offered) before the plain name.
     Each is verified against the Release's SHA256 and size, so any may be used."""
     out = []
-    for ext in INDEX_EXTS:
+    listed = [e for e in INDEX_EXTS if f"{component}/binary-{arch}/Packages{e}" in rel.files]
+    for ext in [e for e in listed if e] or listed:  # the uncompressed copy only when nothing else is listed
         name = f"{component}/binary-{arch}/Packages{ext}"
-        if name not in rel.files:
-            continue
         if rel.by_hash:
             out.append((f"{mirror}/dists/{suite}/{component}/binary-{arch}/by-hash/SHA256/{rel.files[name].sha256}",
                         name))
