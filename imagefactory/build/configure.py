@@ -63,8 +63,8 @@ def customize(root: Path, recipe: Recipe, env: dict[str, str]) -> None:
     for step in recipe.customize:
         if step.write:
             write_in_root(root, step.write, step.content.encode(), step.mode)
-        else:
-            chroot.run(root, ["/bin/sh", "-c", step.run or ""], env, f"customize step {step.run!r}")
+        elif step.run is not None:
+            chroot.run(root, ["/bin/sh", "-c", step.run], env, f"customize step {step.run!r}")
 
 
 def write_in_root(root: Path, guest_path: str, data: bytes, mode: int) -> None:
