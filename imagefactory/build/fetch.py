@@ -87,6 +87,10 @@ class _Connections:
         if conn:
             conn.close()
 
+    def drop_all(self) -> None:
+        for key in list(self.conns):
+            self.drop(*key)
+
 
 def _pool() -> _Connections:
     pool = getattr(_local, "pool", None)
@@ -202,6 +206,7 @@ def _read_body(url: str, consume: Callable[[bytes], None], length: Callable[[int
     read_timeout = timeouts()[1]
     resp = _open(url)
     got = 0
+    complete = False
     if length is not None and isinstance(resp, http.client.HTTPResponse) and resp.length:
         length(resp.length)
     try:
@@ -219,8 +224,11 @@ def _read_body(url: str, consume: Callable[[bytes], None], length: Callable[[int
         remaining = getattr(resp, "length", None)
         if isinstance(resp, http.client.HTTPResponse) and remaining:  # EOF before Content-Length
             raise _Transient(f"connection dropped after {got} of {got + remaining} bytes")
+        complete = True
     finally:
         resp.close()  # a fully read HTTP response leaves its connection ready for the next request
+        if not complete and isinstance(resp, http.client.HTTPResponse):
+            _pool().drop_all()  # unread bytes would be taken for the next answer
 
 
 def fetch_url(url: str, limit: int = 64 << 20) -> bytes:

@@ -178,3 +178,21 @@ def test_package_download_failures_leave_nothing(tmp_path, archive, server, kind
 def test_unreachable_mirror_is_exit_4(tmp_path, archive):
     proc, _ = build(tmp_path, archive, "http://127.0.0.1:9", "--dry-run")
     failed(tmp_path, proc, 4, "http://127.0.0.1:9/dists/testing/InRelease", "Connection refused")
+
+
+def test_keep_alive_connections_are_reused_without_a_failed_attempt(tmp_path):
+    """Responses used to stay open, so every second request on a connection failed once and reconnected."""
+    from imagefactory.build import fetch
+    from imagefactory.core.errors import VerificationError
+
+    (tmp_path / "a").write_bytes(b"a" * 100)
+    (tmp_path / "b").write_bytes(b"b" * 100)
+    with FaultServer(tmp_path) as srv:
+        for name in ("a", "b", "a", "b"):
+            assert fetch.fetch_url(f"{srv.url}/{name}") == name.encode() * 100
+        assert dict(srv.hits) == {"/a": 2, "/b": 2}
+        # a download refused mid-body (too large) must not leave its bytes to be read as the next answer
+        with pytest.raises(VerificationError):
+            fetch.cached_fetch(f"{srv.url}/a", "0" * 64, 10, tmp_path / "cache")
+        assert fetch.fetch_url(f"{srv.url}/b") == b"b" * 100
+        assert srv.hits["/b"] == 3
