@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
 from tests.support.faultserver import FaultServer
-from tests.support.repo import DEB_EPOCH, init_repo, make_deb, make_image, make_rpm, run
+from tests.support.repo import DEB_EPOCH, make_deb, make_image, make_rpm, run
 
 IMAGE = "images/testimg/20261030_080801/testimg.tar.zst"
 MANIFEST = "images/testimg/20261030_080801/testimg.manifest.json"
 
 
-@pytest.fixture
-def published(tmp_path, capsys, gpg_key):
-    repo = init_repo(capsys, gpg_key, tmp_path / "repo")
-    code, _, err = run(capsys, "publish", "--repo", repo, make_deb(tmp_path), make_rpm(tmp_path),
-                       make_image(tmp_path / "img"))
-    assert code == 0, err
+@pytest.fixture(scope="module")
+def template(tmp_path_factory, gpg_key) -> Path:
+    """One published state (a .deb, an .rpm, an image), made once; each test gets a copy."""
+    tmp = tmp_path_factory.mktemp("published")
+    repo = tmp / "repo"
+    for argv in (["repo", "init", repo, "--key-file", gpg_key["secret"]],
+                 ["publish", "-q", "--repo", repo, make_deb(tmp), make_rpm(tmp), make_image(tmp / "img")]):
+        subprocess.run([sys.executable, "-m", "imagefactory", *map(str, argv)], check=True, capture_output=True)
     return repo
+
+
+@pytest.fixture
+def published(template, tmp_path) -> Path:
+    shutil.copytree(template, tmp_path / "repo", symlinks=True)
+    return tmp_path / "repo"
 
 
 @pytest.mark.parametrize("missing,line", [
