@@ -82,6 +82,8 @@ def write_in_root(root: Path, guest_path: str, data: bytes, mode: int) -> None:
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         dir_fd = open_dir_in_root(root_fd, parent, create=True)
+    except UnsafeInput as exc:
+        raise UnsafeInput(f"customize: writing {guest_path}: {exc}") from None
     finally:
         os.close(root_fd)
     tmp = f".{name[:200]}.imagefactory-tmp"

@@ -28,9 +28,12 @@ NO_ARCH_ALL = "No-Support-for-Architecture-all: Packages"
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
     """The test archive plus an Architecture: all package, with binary-all split out as Debian does."""
+    base = tmp_path_factory.mktemp("faults")
+    (base / "host").mkdir()  # a host directory a hostile package points a guest symlink at
     debs = base_packages() + extra_packages() + [
-        Deb("tzdata-test", "1", arch="all", fields={"Priority": "optional"}, files={"/usr/share/tz": b"UTC\n"})]
-    archive = make_archive(tmp_path_factory.mktemp("faults") / "archive", debs)
+        Deb("tzdata-test", "1", arch="all", fields={"Priority": "optional"}, files={"/usr/share/tz": b"UTC\n"}),
+        Deb("victim-link", "1", fields={"Priority": "optional"}, links={"/victim": str(base / "host")})]
+    archive = make_archive(base / "archive", debs)
     write_packages(archive, split_all=True)
     write_release(archive, fields=(NO_ARCH_ALL,))
     return archive
@@ -42,16 +45,17 @@ def server(archive):
         yield srv
 
 
-def recipe(tmp_path: Path, archive, url: str, packages: str = '["hello"]') -> Path:
+def recipe(tmp_path: Path, archive, url: str, packages: str = '["hello"]', tail: str = "") -> Path:
     path = tmp_path / "guest.toml"
     path.write_text(f'family = "debian"\nsuite = "{archive.suite}"\nvariant = "essential"\npackages = {packages}\n'
-                    f'keyring = "{archive.keyring}"\nmirror = "{url}"\nhostname = "guest1"\n')
+                    f'keyring = "{archive.keyring}"\nmirror = "{url}"\nhostname = "guest1"\n{tail}')
     return path
 
 
-def build(tmp_path: Path, archive, url: str, *extra: str, packages: str = '["hello"]'):
+def build(tmp_path: Path, archive, url: str, *extra: str, packages: str = '["hello"]', tail: str = ""):
     out = tmp_path / "out" / "sub"
-    proc = subprocess.run([sys.executable, "-m", "imagefactory", "build", str(recipe(tmp_path, archive, url, packages)),
+    proc = subprocess.run([sys.executable, "-m", "imagefactory", "build",
+                           str(recipe(tmp_path, archive, url, packages, tail)),
                            "-o", str(out), "--cache-dir", str(tmp_path / "cache"), *extra],
                           capture_output=True, text=True, env=ENV)
     return proc, out
@@ -196,3 +200,18 @@ def test_keep_alive_connections_are_reused_without_a_failed_attempt(tmp_path):
             fetch.cached_fetch(f"{srv.url}/a", "0" * 64, 10, tmp_path / "cache")
         assert fetch.fetch_url(f"{srv.url}/b") == b"b" * 100
         assert srv.hits["/b"] == 3
+
+
+@pytest.mark.root
+def test_customize_write_through_a_guest_symlink_stays_in_the_guest(tmp_path, archive, server):
+    """Issue 12: a package's /victim -> <host dir> plus write = "/victim/newdir/sub/pwned" created dirs on the host."""
+    host = archive.root.parent / "host"
+    tail = ('[[customize]]\nwrite = "/victim/newdir/sub/pwned"\ncontent = "x"\n'
+            '[[customize]]\nrun = "cat /victim/newdir/sub/pwned > /etc/seen"\n')  # the guest sees it there
+    proc, out = build(tmp_path, archive, server.url, packages='["hello", "victim-link"]', tail=tail)
+    assert proc.returncode == 0, proc.stderr
+    assert not any(host.iterdir())  # nothing on the host
+    root = out / "guest/rootfs"
+    assert os.readlink(root / "victim") == str(host)
+    assert (root / "etc/seen").read_text() == "x"  # (the file itself sat under the guest's /tmp: cleaned up)
+    assert not mounts_below(tmp_path)
