@@ -54,7 +54,7 @@ def write_apt_sources(root: Path, recipe: Recipe, mirror: str) -> None:
     )
     write_in_root(root, f"/etc/apt/sources.list.d/{recipe.family}.sources", text.encode(), 0o644)
     legacy = root / "etc/apt/sources.list"
-    if legacy.is_file() and not legacy.read_text().strip():
+    if legacy.is_file() and not legacy.is_symlink() and not legacy.read_text().strip():
         legacy.unlink()
 
 
