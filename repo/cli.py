@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from imagefactory.build.fetch import TIMEOUT_HELP
 from imagefactory.core.errors import ImageFactoryError, VerificationError
 from imagefactory.core.progress import Progress
 from repo.layout import Config, Repo
@@ -186,7 +187,7 @@ def list_(path: Path, as_json: bool) -> None:
         click.echo(f"{row['kind']:8} {row['id']:50} {row['size']:>12}  {row['sha256'][:16]}")
 
 
-@click.command()
+@click.command(epilog=TIMEOUT_HELP)
 @click.argument("url")
 @click.argument("name")
 @click.option("-o", "--output", "out_dir", required=True, type=REPO_PATH, help="Directory to write into.")

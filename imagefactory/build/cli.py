@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from imagefactory.build import pipeline
+from imagefactory.build import fetch, pipeline
 from imagefactory.build import recipe as recipes_mod
 from imagefactory.build.formats import FORMATS
 from imagefactory.build.plan import BuildOptions
@@ -17,7 +17,7 @@ from imagefactory.core.progress import Progress
 DEFAULT_CACHE = Path(os.environ.get("IMAGEFACTORY_CACHE", "/var/cache/imagefactory"))
 
 
-@click.command()
+@click.command(epilog=fetch.TIMEOUT_HELP)
 @click.argument("recipe")
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), default=Path("out"),
               show_default=True, help="Directory for <name>/rootfs, <name>.tar.zst and <name>.manifest.json.")
@@ -44,6 +44,9 @@ def build(recipe: str, out_dir: Path, mirror: str | None, allow_expired_release:
     tar.zst image plus a manifest. Needs root.
     """
     r = recipes_mod.load(recipe)
+    if mirror is not None:
+        recipes_mod.check_mirror(mirror, "--mirror")
+    fetch.timeouts()  # a bad $IMAGEFACTORY_*_TIMEOUT fails here, before any work
     opts = BuildOptions(mirror=mirror, allow_expired_release=allow_expired_release, cache_dir=cache_dir, jobs=jobs,
                         zstd_level=zstd_level, formats=formats)
     progress = Progress(quiet=quiet)

@@ -8,6 +8,7 @@ its presence means the build is complete.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import signal
@@ -69,6 +70,7 @@ def build(recipe: Recipe, out_dir: Path, opts: BuildOptions, progress: Progress,
         raise EnvironmentProblem("building a guest needs root (chroot, mounts, device nodes)")
     started = time.monotonic()
     old_handler = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    created = [d for d in (out_dir, *out_dir.parents) if not d.exists()]  # removed again if the build fails
     out_dir.mkdir(parents=True, exist_ok=True)
     name = recipe.name
     final_dir = out_dir / name
@@ -109,6 +111,9 @@ def build(recipe: Recipe, out_dir: Path, opts: BuildOptions, progress: Progress,
     except BaseException:
         image_stage.unlink(missing_ok=True)
         _discard(stage_dir)
+        for directory in created:  # deepest first; only while empty (nothing of anyone else's)
+            with contextlib.suppress(OSError):
+                directory.rmdir()
         raise
     finally:
         signal.signal(signal.SIGTERM, old_handler)

@@ -14,7 +14,7 @@ from imagefactory.core.manifest import IMAGE_SUFFIX
 from imagefactory.core.progress import Progress
 from imagefactory.core.units import human
 from imagefactory.seed import barrier, check, composefs, inventory
-from imagefactory.seed.guest import Guest, Interface, check_hostname, check_name
+from imagefactory.seed.guest import Guest, Interface, check_hostname, check_name, check_vdir
 from imagefactory.seed.limits import Limits
 from imagefactory.seed.seeder import SeedResult, seed_image
 
@@ -170,7 +170,7 @@ def seed(source, name, vdir, confdir, address, dev, hostname, memory, cpu, do_un
         hostname=check_hostname(hostname or name),
         interface=Interface.parse(address, dev),
         limits=Limits.parse(memory, cpu),
-        vdir=vdir.absolute(),
+        vdir=check_vdir(vdir.absolute()),
         confdir=confdir.absolute(),
         store=store.absolute() if store else None,
     )
