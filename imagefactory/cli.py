@@ -46,7 +46,9 @@ Exit codes:
   5  package set cannot be resolved
   6  host problem (missing tool, not root, no kernel support, disk full)
   7  unsafe input (absolute/.. paths, symlink escapes, stray device nodes)
-  130 interrupted (Ctrl-C)"""
+  70 internal error (a bug: rerun with --debug and report it)
+  130 interrupted (Ctrl-C)
+See docs/errors.md for every failure class with an example line."""
 
 
 class LazyGroup(click.Group):

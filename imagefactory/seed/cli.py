@@ -15,7 +15,7 @@ from imagefactory.core.progress import Progress
 from imagefactory.core.units import human
 from imagefactory.seed import barrier, cgroups, check, composefs, disk, inventory, lxc, relimit
 from imagefactory.seed.disk import MODES
-from imagefactory.seed.guest import Guest, Interface, check_hostname, check_name
+from imagefactory.seed.guest import Guest, Interface, check_hostname, check_name, check_vdir
 from imagefactory.seed.limits import Limits
 from imagefactory.seed.seeder import SeedResult, seed_image
 
@@ -201,7 +201,7 @@ def seed(source, name, vdir, confdir, address, dev, hostname, memory, cpu, disk_
         hostname=check_hostname(hostname or name),
         interface=Interface.parse(address, dev),
         limits=Limits.parse(memory, cpu, disk_size, cap_add, cap_drop),
-        vdir=vdir.absolute(),
+        vdir=check_vdir(vdir.absolute()),
         confdir=confdir.absolute(),
         store=store.absolute() if store else None,
     )

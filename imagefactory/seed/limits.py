@@ -34,7 +34,7 @@ import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from imagefactory.core.errors import ImageFactoryError
+from imagefactory.core.errors import ImageFactoryError, shown
 from imagefactory.seed import caps
 from imagefactory.seed.cgroups import V1, V2, Layout
 
@@ -43,6 +43,12 @@ MEMORY_FLOOR = 64 * MIB  # below this a Debian minbase guest cannot even run apt
 DISK_FLOOR = 16 * MIB  # an ext4 image smaller than this is mostly its own metadata
 SOFT_RATIO = Fraction(9, 10)
 AS_FACTOR = 4
+# Every rendered figure must fit what its consumer parses: systemd's MemoryMax= and the cgroup files LXC
+# writes take at most a signed 64-bit byte count, and util-vserver's rlimits/as is AS_FACTOR times the memory
+# (the kernel's rlimit is 64-bit bytes). So memory stops at 2^63 / AS_FACTOR bytes (2 EiB).
+MEMORY_CEILING = (1 << 63) // AS_FACTOR
+# util-vserver's dlimits space_total is a 32-bit count of KiB (vcmd_ctx_dlimit_v0): just under 4 TiB.
+DISK_CEILING = ((1 << 32) - 1) * 1024
 CPU_PERIOD_US = 100_000  # cgroup default period (v1 cfs_period_us and v2 cpu.max)
 SHARE_RESOLUTION = 1000  # shares are stored as tenths of a percent
 # Token bucket bounds: util-vserver's kernel defaults are tokens-max = HZ/2,
@@ -52,6 +58,7 @@ TOKENS_MAX = 500
 TOKENS_MIN = 60
 
 _UNITS = {"": 1, "K": 1024, "M": MIB, "G": 1024 * MIB, "T": 1024 * 1024 * MIB}
+_SHARE = re.compile(r"\d{1,3}(\.\d{1,6})?")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 
 
@@ -59,29 +66,35 @@ class LimitError(ImageFactoryError):
     """A memory, CPU or disk figure the user gave is malformed or out of range."""
 
 
-def parse_size(text: str, what: str, floor: int) -> int:
+def parse_size(text: str, what: str, floor: int, ceiling: int, why: str) -> int:
     """'512M', '2G', '536870912' -> bytes (K/M/G/T are binary, as in util-vserver docs)."""
-    match = _SIZE.match(text)
+    match = _SIZE.match(text) if len(text) <= 64 else None
     if not match:
-        raise LimitError(f"{what} {text!r} is not a size (examples: 512M, 2G, 1073741824)")
+        raise LimitError(f"{what} {shown(text)} is not a size (examples: 512M, 2G, 1073741824)")
     number, unit = match.groups()
     value = int(Fraction(number) * _UNITS[unit.upper()])
     if value < floor:
         raise LimitError(f"{what} {text!r} is below the floor of {floor // MIB}M")
+    if value > ceiling:
+        raise LimitError(f"{what} {text!r} is above the ceiling of {why}")
     return value
 
 
 def parse_memory(text: str) -> int:
-    return parse_size(text, "memory", MEMORY_FLOOR)
+    return parse_size(text, "memory", MEMORY_FLOOR, MEMORY_CEILING,
+                      f"{MEMORY_CEILING >> 60} EiB (systemd, LXC and the kernel take 64-bit byte counts)")
 
 
 def parse_disk(text: str) -> int:
-    return parse_size(text, "disk", DISK_FLOOR)
+    return parse_size(text, "disk", DISK_FLOOR, DISK_CEILING,
+                      f"{DISK_CEILING >> 30} GiB (util-vserver's dlimits count KiB in 32 bits)")
 
 
 def parse_share(text: str) -> Fraction:
     """'25%', '25', '12.5%' -> a CPU share in percent, 0 < share <= 100."""
     raw = text.strip().removesuffix("%").strip()
+    if not _SHARE.fullmatch(raw):  # plain decimals only: Fraction would also take '1e999999999'
+        raise LimitError(f"CPU share {shown(text)} is not a percentage (example: 25%)")
     try:
         share = Fraction(raw)
     except (ValueError, ZeroDivisionError):

@@ -201,3 +201,9 @@ def test_limits_record_round_trips():
     limits = Limits.parse("777M", "33.3%", disk="2G", cap_add=("net_admin",), cap_drop=("sys_boot",))
     assert Limits.from_json(limits.to_json()) == limits
     assert "dlimits/0/space_total" not in render(Limits.parse("512M", "25%"), 4096).vserver
+
+
+def test_disk_limit_ceiling_is_what_dlimits_can_state():
+    with pytest.raises(LimitError, match="ceiling"):
+        parse_disk("4T")
+    assert int(render(Limits.parse("512M", "25%", disk="4095G"), 4096).vserver["dlimits/0/space_total"]) < 1 << 32
