@@ -23,7 +23,8 @@ from repo.sign import verify_detached
 
 
 def fetch(url: str, target: Path, sha256: str | None = None, progress: Progress | None = None) -> str:
-    """Download url to target (verified against the signed SHA256SUMS when sha256 is given)."""
+    """Download url to target (verified against the signed SHA256SUMS when sha256 is given), with the
+    one HTTP client of core.download: its timeouts and one retry (TIMEOUT_HELP), exit 4 naming the URL."""
     label = target.name.split(".partial")[0].lstrip(".")
 
     def report(done: int, total: int | None) -> None:

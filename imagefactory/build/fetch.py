@@ -3,7 +3,8 @@
 Every file is named by its SHA256 (`<cache>/sha256/ab/abcdef...`), so a cache
 is shared by all recipes and builds, a second build downloads nothing, and a
 file can only enter the cache after its size and hash matched the signed
-metadata (imagefactory.core.download stages it and renames it only when verified).
+metadata (imagefactory.core.download stages it and renames it only when verified;
+its HTTP client, timeouts and retry are the ones described in TIMEOUT_HELP).
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from pathlib import Path
 
 from imagefactory.build.plan import Artifact
 from imagefactory.core import download as download_mod
-from imagefactory.core.download import download
+from imagefactory.core.download import ATTEMPTS, TIMEOUT_HELP, MissingFile, download, stream, timeouts
 from imagefactory.core.download import fetch_bytes as fetch_url
 from imagefactory.core.progress import Progress
 
-__all__ = ["cache_path", "cached_fetch", "clear_partial", "download_all", "fetch_url"]
+__all__ = ["ATTEMPTS", "TIMEOUT_HELP", "MissingFile", "cache_path", "cached_fetch", "clear_partial",
+           "download_all", "fetch_url", "stream", "timeouts"]
 
 
 def cache_path(cache_dir: Path, sha256: str) -> Path:

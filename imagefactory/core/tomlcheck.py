@@ -12,7 +12,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from imagefactory.core.errors import RecipeError
+from imagefactory.core.errors import RecipeError, shown
+
+MAX_BYTES = 1 << 20  # a recipe is a page of TOML; anything bigger is a mistake or an attack
 
 
 class Kind(Enum):
@@ -43,24 +45,34 @@ def _toml_type(value: Any) -> str:
         type(value), type(value).__name__)
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    """A TOML file's top-level table."""
+def read_toml(path: Path, limit: int = MAX_BYTES) -> dict[str, Any]:
+    """A TOML file's top-level table; every way it can be unreadable is a RecipeError naming it."""
     try:
         with path.open("rb") as f:
-            return tomllib.load(f)
+            raw = f.read(limit + 1)
     except FileNotFoundError:
         raise RecipeError(f"{path}: no such recipe file") from None
     except OSError as exc:
-        raise RecipeError(f"{path}: cannot read: {exc.strerror}") from None
+        raise RecipeError(f"{path}: cannot read the recipe ({exc.strerror or exc})") from None
+    if len(raw) > limit:
+        raise RecipeError(f"{path}: larger than {limit} bytes; not a recipe")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path}: not UTF-8 (invalid byte at offset {exc.start}); TOML files are UTF-8") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise RecipeError(f"{path}: invalid TOML: nested too deeply") from None
 
 
 def check_keys(data: Mapping[str, Any], known: Collection[str], where: str) -> None:
     """Refuse the first unknown key (sorted), listing the known ones."""
     unknown = sorted(set(data) - set(known))
     if unknown:
-        raise RecipeError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        raise RecipeError(f"{where}: unknown key {shown(unknown[0])} (known: {', '.join(sorted(known))})")
 
 
 def check_kinds(data: Mapping[str, Any], kinds: Mapping[str, Kind], where: str) -> None:
