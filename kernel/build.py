@@ -218,7 +218,7 @@ def build(inputs: BuildInputs, out_dir: Path, cache_root: Path = DEFAULT_CACHE, 
         fcntl.flock(lock, fcntl.LOCK_EX)
         manifest = _cached_manifest(build_dir)
         cached = manifest is not None
-        if cached:
+        if manifest is not None:
             progress.stage(f"kernel: {recipe.name} is up to date (cache {build_dir})")
         else:
             check_tools(recipe.formats)

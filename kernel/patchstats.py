@@ -12,11 +12,13 @@ import bz2
 import gzip
 import lzma
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import IO
 
 _HUNK = re.compile(r"^@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@")
-_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+_OPENERS: dict[str, Callable[..., IO[bytes]]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 
 
 @dataclass
@@ -84,8 +86,8 @@ def parse_patch(text: str, name: str = "<patch>") -> PatchStats:
 
 def read_patch(path: Path) -> str:
     """Patch text, decompressed by extension; undecodable bytes are kept as escapes."""
-    opener = _OPENERS.get(path.suffix, open)
-    with opener(path, "rb") as handle:
+    opener = _OPENERS.get(path.suffix)
+    with (opener(path, "rb") if opener else open(path, "rb")) as handle:
         return handle.read().decode("utf-8", errors="surrogateescape")
 
 

@@ -174,7 +174,7 @@ def boot(vmlinuz: Path, initramfs: Path | None, disk: Path, console: Path, timeo
         pass  # the console log shows how far it got; parse_console marks the rest failed
 
 
-def _prepare_kernel(recipe_path: Path, cache_root: Path, run_name: str, progress: Progress) -> tuple[Path, str]:
+def prepare_kernel(recipe_path: Path, cache_root: Path, run_name: str, progress: Progress) -> tuple[Path, str]:
     """Build (or reuse) the recipe's packages; return the run directory and kernel release."""
     from kernel.build import build, resolve_inputs
     from kernel.recipe import load_recipe
@@ -189,7 +189,7 @@ def _prepare_kernel(recipe_path: Path, cache_root: Path, run_name: str, progress
     return run_dir, release
 
 
-def _initramfs(run_dir: Path, source: Path, progress: Progress) -> Path:
+def static_init_initramfs(run_dir: Path, source: Path, progress: Progress) -> Path:
     """Compile the static test program and pack it as /init (with /dev/console) into run_dir/initramfs.cpio."""
     progress.stage(f"qemu test: compile {source.name} (static)")
     subprocess.run(["gcc", "-static", "-O2", "-Wall", "-o", str(run_dir / "init"), str(source)], check=True)
@@ -205,8 +205,8 @@ def _initramfs(run_dir: Path, source: Path, progress: Progress) -> Path:
 
 def run_ixunlink_test(recipe_path: Path, cache_root: Path, timeout: int, progress: Progress) -> Report:
     _need("qemu-system-x86_64", "gcc", "mkfs.ext4", "debugfs", "dpkg-deb")
-    run_dir, release = _prepare_kernel(recipe_path, cache_root, "qemu-test", progress)
-    _initramfs(run_dir, TEST_SOURCE, progress)
+    run_dir, release = prepare_kernel(recipe_path, cache_root, "qemu-test", progress)
+    static_init_initramfs(run_dir, TEST_SOURCE, progress)
     disk = run_dir / "disk.img"
     disk.unlink(missing_ok=True)
     subprocess.run(["mkfs.ext4", "-q", "-F", str(disk), "64M"], check=True)
@@ -251,7 +251,7 @@ def run_unify_demo(recipe_path: Path, cache_root: Path, timeout: int, progress: 
     # A kernel with fs-verity gets an ext4 root with the verity feature (a kernel without it would
     # mount that read-only), and the demo also checks that `kernel probe` sees what composefs needs.
     verity = load_recipe(recipe_path).config_request.get("CONFIG_FS_VERITY") == "y"
-    run_dir, release = _prepare_kernel(recipe_path, cache_root, "unify-demo", progress)
+    run_dir, release = prepare_kernel(recipe_path, cache_root, "unify-demo", progress)
     tarball = _demo_rootfs(cache_root, suite, mirror or host_debian_mirror(), progress)
     disk = run_dir / "root.img"
     disk.unlink(missing_ok=True)
@@ -279,8 +279,8 @@ def run_unify_demo(recipe_path: Path, cache_root: Path, timeout: int, progress: 
     return report
 
 
-def _tools_runner(work: Path, progress: Progress):
-    """Run mkcomposefs from the host if it has one, else from the sid tools root (work bind-mounted)."""
+def _tools_runner(binds: list[Path], progress: Progress):
+    """Run mkcomposefs from the host if it has one, else from the sid tools root (binds visible in it)."""
     from imagefactory.build import tools
     from imagefactory.build.plan import BuildOptions
 
@@ -289,10 +289,14 @@ def _tools_runner(work: Path, progress: Progress):
                                       progress)
 
     def run(argv: list[str]) -> str:
-        if root is None:
-            out = subprocess.run(argv, check=True, capture_output=True).stdout
-        else:
-            out = root.run(argv, binds=[work]).stdout
+        try:
+            if root is None:
+                out = subprocess.run(argv, check=True, capture_output=True).stdout
+            else:
+                out = root.run(argv, binds=binds).stdout
+        except subprocess.CalledProcessError as exc:
+            lines = (exc.stderr or b"").decode(errors="replace").strip().splitlines() or [f"exit {exc.returncode}"]
+            raise EnvironmentProblem(f"{argv[0]} failed: {lines[-1]}") from None
         return out.decode().strip()
     return run
 
@@ -358,8 +362,8 @@ def run_composefs_test(recipe_path: Path, cache_root: Path, timeout: int, progre
     if os.geteuid() != 0:
         raise EnvironmentProblem("the composefs test needs root (mkcomposefs reads every guest file, "
                                  "the store keeps their owners)")
-    run_dir, release = _prepare_kernel(recipe_path, cache_root, "composefs-test", progress)
-    _initramfs(run_dir, COMPOSEFS_SOURCE, progress)
+    run_dir, release = prepare_kernel(recipe_path, cache_root, "composefs-test", progress)
+    static_init_initramfs(run_dir, COMPOSEFS_SOURCE, progress)
     report = Report(kernel=release)
     host = report.rules.append
     disk = run_dir / "store.img"
@@ -374,7 +378,7 @@ def run_composefs_test(recipe_path: Path, cache_root: Path, timeout: int, progre
         store = work / "store"
         store.mkdir()
         progress.stage(f"composefs test: mkcomposefs --digest-store of {guest}")
-        mkcomposefs = _tools_runner(work, progress)
+        mkcomposefs = _tools_runner([work, guest], progress)
         image_digest = mkcomposefs(["mkcomposefs", "--print-digest", f"--digest-store={store / 'objects'}",
                                     str(guest), str(store / "guest.cfs")])
         objects = sorted(p.parent.name + p.name for p in (store / "objects").glob("??/*"))
@@ -388,7 +392,7 @@ def run_composefs_test(recipe_path: Path, cache_root: Path, timeout: int, progre
         (probe, probe_obj), (tampered, tampered_obj) = pick_files(guest, digests)
         size = sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
         subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-O", "verity", "-d", str(store), str(disk),
-                        f"{size * 13 // 10 // (1 << 20) + 64}M"], check=True)
+                        f"{size * 13 // 10 // (1 << 20) + 64}M"], check=True, capture_output=True)
     params = f"CFS_PROBE={probe} CFS_PROBE_OBJECT={probe_obj[:2]}/{probe_obj[2:]} CFS_IMAGE_DIGEST={image_digest}"
     report.console_log = str(run_dir / "console-1.log")
     for n, expected, append in ((1, COMPOSEFS_BOOT1, f"CFS_PHASE=1 {params}"),

@@ -103,6 +103,7 @@ def _source(data: dict, where: str, base: Path) -> SourceSpec:
         return SourceSpec(debian_package=pkg, sha256=sha, suite=suite, version=version)
     if suite is not None or version is not None:
         raise RecipeError(f"{where}: [source] suite and version go with debian_package, not tarball")
+    tarball = str(tarball)
     if _is_url(tarball):
         if sha is None:
             raise RecipeError(f"{where}: [source] a tarball URL needs its sha256")
@@ -155,7 +156,8 @@ def _config(data: dict, where: str, base: Path) -> tuple[str, list[Path], dict[s
     if config_base not in BASE_TARGETS:
         path = (base / config_base).resolve()
         if not path.is_file():
-            raise RecipeError(f"{where}: [config] base must be one of {', '.join(BASE_TARGETS)} or a config file; {path} does not exist")
+            raise RecipeError(f"{where}: [config] base must be one of {', '.join(BASE_TARGETS)} or a config file; "
+                              f"{path} does not exist")
         config_base = str(path)
     fragments, parsed = [], []
     for name in table.get("fragments", []):
@@ -187,11 +189,13 @@ def load_recipe(path: Path) -> KernelRecipe:
     name = data.get("name") or path.stem
     localversion = str(data.get("localversion", ""))
     if not _LOCALVERSION.match(localversion):
-        raise RecipeError(f"{where}: localversion may use only a-z 0-9 . + - (it ends up in package names), got {localversion!r}")
+        raise RecipeError(f"{where}: localversion may use only a-z 0-9 . + - (it ends up in package names), "
+                          f"got {localversion!r}")
     formats = _table(data, "package", where, {"formats"}).get("formats", ["deb"])
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
-        raise RecipeError(f"{where}: [package] formats must be a non-empty subset of {', '.join(FORMATS)}, got {formats!r}")
+        raise RecipeError(f"{where}: [package] formats must be a non-empty subset of {', '.join(FORMATS)}, "
+                          f"got {formats!r}")
     config_base, fragments, request = _config(data, where, base)
     if "CONFIG_LOCALVERSION" in request:
         raise RecipeError(f"{where}: set localversion in the recipe, not CONFIG_LOCALVERSION in a fragment")

@@ -67,7 +67,8 @@ def test_test_program_compiles_static(tmp_path):
     assert b"ld-linux" not in binary.read_bytes()[:4096]  # no dynamic loader: runs as /init
 
 
-OPT_IN = pytest.mark.skipif(os.environ.get("IMAGEFACTORY_QEMU_TESTS") != "1", reason="opt-in: IMAGEFACTORY_QEMU_TESTS=1")
+OPT_IN = pytest.mark.skipif(os.environ.get("IMAGEFACTORY_QEMU_TESTS") != "1",
+                            reason="opt-in: IMAGEFACTORY_QEMU_TESTS=1")
 RECIPES = {"6.1": REPO / "kernel/recipes/host-6.1.toml", "6.12": REPO / "kernel/recipes/host-6.12.toml"}
 
 

@@ -62,9 +62,11 @@ def test_shipped_612_recipe_fetches_trixie_source_and_adds_guest_host_fragment()
         ('localversion = "-Bad_Name"\n[source]\ndebian_package = "linux-source-6.1"\n', "localversion"),
         ('[source]\ndebian_package = "linux-source-6.1"\n[package]\nformats = ["tar"]\n', "formats"),
         ('[source]\ndebian_package = "linux-source-6.1"\n[config]\nbase = "nosuchconfig"\n', "base must be"),
-        ('[source]\ndebian_package = "linux-source-6.1"\n[config]\nfragments = ["missing.config"]\n', "cannot read config fragment"),
+        ('[source]\ndebian_package = "linux-source-6.1"\n[config]\nfragments = ["missing.config"]\n',
+         "cannot read config fragment"),
         ('[source]\ndebian_package = "linux-source-6.1"\n[patches]\nseries = "none"\n', "cannot read patch series"),
-        ('[source]\ndebian_package = "linux-source-6.1"\n[[patches.external]]\nurl = "https://x.invalid/p.diff"\n', "needs its sha256"),
+        ('[source]\ndebian_package = "linux-source-6.1"\n[[patches.external]]\nurl = "https://x.invalid/p.diff"\n',
+         "needs its sha256"),
         ('[source\n', "not valid TOML"),
     ],
 )
