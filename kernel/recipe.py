@@ -103,7 +103,8 @@ def _source(data: dict, where: str, base: Path) -> SourceSpec:
         return SourceSpec(debian_package=pkg, sha256=sha, suite=suite, version=version)
     if suite is not None or version is not None:
         raise RecipeError(f"{where}: [source] suite and version go with debian_package, not tarball")
-    tarball = str(tarball)
+    if not isinstance(tarball, str):
+        raise RecipeError(f"{where}: [source] tarball must be a string, got {tarball!r}")
     if _is_url(tarball):
         if sha is None:
             raise RecipeError(f"{where}: [source] a tarball URL needs its sha256")
