@@ -25,7 +25,6 @@
 #include <ftw.h>
 #include <linux/fsverity.h>
 #include <linux/loop.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,25 +38,10 @@
 #define OBJECTS STORE "/objects"
 #define IMAGE_MNT "/image"
 #define GUEST "/guest"
+#define TEST_TAG "COMPOSEFS"
+#include "vmtest.h"
+
 #define OVERLAY_OPTS "metacopy=on,redirect_dir=on,lowerdir=" IMAGE_MNT "::" OBJECTS ",verity=require"
-
-static int passed, failed;
-
-static void result(const char *rule, int ok, const char *fmt, ...)
-{
-	char detail[400];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(detail, sizeof(detail), fmt, ap);
-	va_end(ap);
-	printf("COMPOSEFS-TEST %s %s %s\n", rule, ok ? "PASS" : "FAIL", detail);
-	fflush(stdout);
-	if (ok)
-		passed++;
-	else
-		failed++;
-}
 
 static const char *env(const char *name)
 {
@@ -356,8 +340,7 @@ int main(void)
 		if (umount(STORE) < 0)
 			result("umount_store", 0, "%s", err_name(errno));
 	}
-	printf("COMPOSEFS-SUMMARY passed=%d failed=%d\n", passed, failed);
-	fflush(stdout);
+	summary();
 	sync();
 	reboot(RB_AUTOBOOT); /* qemu runs with -no-reboot, so this ends the VM */
 	return 0;

@@ -58,12 +58,13 @@ def test_newc_archive_readable_by_cpio(tmp_path):
     assert (out / "dir/init").read_bytes() == b"#!hello\n"
 
 
-def test_test_program_compiles_static(tmp_path):
+@pytest.mark.parametrize("program, tag", [("ixunlink-test.c", b"IXUNLINK"), ("composefs-test.c", b"COMPOSEFS")])
+def test_test_program_compiles_static(tmp_path, program, tag):
     need_tool("gcc")
     binary = tmp_path / "init"
     subprocess.run(["gcc", "-static", "-O2", "-Wall", "-Werror", "-o", str(binary),
-                    str(REPO / "kernel/qemu/ixunlink-test.c")], check=True)
-    assert b"IXUNLINK-SUMMARY" in binary.read_bytes()
+                    str(REPO / "kernel/qemu" / program)], check=True)
+    assert tag + b"-SUMMARY" in binary.read_bytes() and tag + b"-TEST" in binary.read_bytes()
     assert b"ld-linux" not in binary.read_bytes()[:4096]  # no dynamic loader: runs as /init
 
 
@@ -154,11 +155,3 @@ def test_composefs_console_parsing_and_program():
     for rules in (COMPOSEFS_BOOT1, COMPOSEFS_BOOT2):  # every expected rule is printed by the program
         for rule in rules:
             assert f'"{rule}"' in source, rule
-
-
-def test_composefs_program_compiles_static(tmp_path):
-    need_tool("gcc")
-    binary = tmp_path / "init"
-    subprocess.run(["gcc", "-static", "-O2", "-Wall", "-Werror", "-o", str(binary),
-                    str(REPO / "kernel/qemu/composefs-test.c")], check=True)
-    assert b"COMPOSEFS-SUMMARY" in binary.read_bytes()
