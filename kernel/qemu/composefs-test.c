@@ -215,7 +215,7 @@ static void verity_all_objects(void)
 }
 
 /* Walk the mounted guest and read every regular file. */
-static const char *tampered;
+static const char *tampered = ""; /* set in phase 2 */
 static long files_ok, files_bad, files_tampered_eio;
 static long long bytes_read;
 static char walk_problem[300];
