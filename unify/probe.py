@@ -238,8 +238,9 @@ class ComposefsSupport:
 
     fsverity: FS_IOC_ENABLE_VERITY worked on a probe file in the directory (kernel and filesystem).
     erofs: the kernel mounts EROFS (the metadata image).
-    overlay_data_only: overlayfs mounted `lowerdir=A::B` (B a data-only layer, kernel >= 6.5).
-    overlay_verity: overlayfs accepted `verity=require` (with metacopy and redirect_dir) on top.
+    overlay_data_only: overlayfs mounted `metacopy=on,redirect_dir=on,lowerdir=A::B` (B a data-only
+        layer, kernel >= 6.5; data-only layers need metacopy, which a kernel may leave off by default).
+    overlay_verity: overlayfs accepted `verity=require` on top of that (kernel >= 6.6).
     """
 
     fsverity: bool
@@ -321,7 +322,8 @@ def _mount(source: str, target: str, fstype: str, flags: int, options: str) -> i
 
 
 def try_overlay_data_only(directory: Path) -> tuple[tuple[bool, str], tuple[bool, str]]:
-    """Mount overlayfs with a data-only lower layer in directory, then the same with verity=require.
+    """Mount overlayfs as composefs does (metacopy, redirect_dir, a data-only lower layer) in directory,
+    then the same with verity=require.
 
     Returns ((data_only, evidence), (verity, evidence)). Needs CAP_SYS_ADMIN; the layers are
     named through /proc/self/fd so no character of directory's path can upset the option string.
@@ -332,14 +334,14 @@ def try_overlay_data_only(directory: Path) -> tuple[tuple[bool, str], tuple[bool
         Path(tmp, "lower", "file").write_bytes(b"probe\n")
         fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            layers = f"lowerdir=/proc/self/fd/{fd}/lower::/proc/self/fd/{fd}/data"
+            layers = f"metacopy=on,redirect_dir=on,lowerdir=/proc/self/fd/{fd}/lower::/proc/self/fd/{fd}/data"
             plain = _mount("imagefactory-probe", os.path.join(tmp, "mnt"), "overlay", MS_RDONLY, layers)
-            verity_opts = f"metacopy=on,redirect_dir=on,verity=require,{layers}"
-            verity = _mount("imagefactory-probe", os.path.join(tmp, "mnt"), "overlay", MS_RDONLY, verity_opts)
+            verity = _mount("imagefactory-probe", os.path.join(tmp, "mnt"), "overlay", MS_RDONLY,
+                            f"verity=require,{layers}")
         finally:
             os.close(fd)
-    return (_mount_verdict(plain, "lowerdir=A::B"),
-            _mount_verdict(verity, "metacopy=on,redirect_dir=on,verity=require,lowerdir=A::B"))
+    return (_mount_verdict(plain, "metacopy=on,redirect_dir=on,lowerdir=A::B"),
+            _mount_verdict(verity, "verity=require,metacopy=on,redirect_dir=on,lowerdir=A::B"))
 
 
 def _mount_verdict(err: int, options: str) -> tuple[bool, str]:
