@@ -101,7 +101,7 @@ def test_ixunlink_rules_under_qemu_612():
     need_tool("qemu-system-x86_64", "gcc", "mkfs.ext4", "debugfs")
     result = kernel_cli("test-ixunlink", "--recipe", str(RECIPES["6.12"]))
     assert result.returncode == 0
-    assert f"{len(EXPECTED_RULES) + 1} passed, 0 failed (kernel 6.12." in result.stdout
+    assert f"{len(EXPECTED_RULES) + 1} passed, 0 failed  (kernel 6.12." in result.stdout
 
 
 def test_demo_console_parsing():
@@ -139,7 +139,7 @@ def test_composefs_verity_require_under_qemu_612():
     need_tool("qemu-system-x86_64", "gcc", "mkfs.ext4", "debugfs", "mmdebstrap")
     result = kernel_cli("test-composefs", "--recipe", str(RECIPES["6.12"]))
     assert result.returncode == 0
-    assert ", 0 failed (kernel 6.12." in result.stdout
+    assert ", 0 failed  (kernel 6.12." in result.stdout
     for rule in ("boot1.enable_verity_all_objects", "boot1.read_every_file", "objects_verity_on_disk",
                  "boot2.tampered_file_read_fails", "boot2.other_files_still_read"):
         assert f"PASS  {rule}:" in result.stdout, rule
