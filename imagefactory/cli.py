@@ -19,7 +19,7 @@ from imagefactory.core.errors import ImageFactoryError
 COMMANDS: dict[str, str] = {
     "build": "imagefactory.build.cli:build",
     "recipes": "imagefactory.build.cli:recipes",
-    "unify": "unify.cli:unify",
+    "unify": "unify.composefs.cli:unify",
     "report": "unify.report.cli:report",
     "publish": "repo.cli:publish",
     "repo": "repo.cli:repo",
@@ -27,6 +27,8 @@ COMMANDS: dict[str, str] = {
     "kernel": "kernel.cli:kernel",
     "seed": "imagefactory.seed.cli:seed",
     "guests": "imagefactory.seed.cli:guests",
+    "mount": "imagefactory.seed.mount_cli:mount_cmd",
+    "umount": "imagefactory.seed.mount_cli:umount_cmd",
 }
 
 EXIT_CODES = """\b
