@@ -25,7 +25,7 @@ from pathlib import Path
 from imagefactory.core.atomic import staged_path
 from imagefactory.core.errors import EnvironmentProblem, FetchError
 from imagefactory.core.progress import Progress
-from kernel.fsverity import fsverity_digest
+from unify.composefs.verity import digest_fd
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_RECIPE = HERE / "recipes" / "host-6.1.toml"
@@ -310,7 +310,12 @@ def guest_digests(guest: Path) -> dict[str, list[str]]:
             path = Path(dirpath, name)
             if path.is_symlink() or not path.is_file() or path.stat().st_size == 0:
                 continue
-            out.setdefault(fsverity_digest(path), []).append("/" + str(path.relative_to(guest)))
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                digest = digest_fd(fd)[0]
+            finally:
+                os.close(fd)
+            out.setdefault(digest, []).append("/" + str(path.relative_to(guest)))
     return out
 
 
