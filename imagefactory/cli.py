@@ -27,6 +27,11 @@ COMMANDS: dict[str, str] = {
     "kernel": "kernel.cli:kernel",
     "seed": "imagefactory.seed.cli:seed",
     "guests": "imagefactory.seed.cli:guests",
+    "start": "imagefactory.seed.run_cli:start",
+    "stop": "imagefactory.seed.run_cli:stop",
+    "exec": "imagefactory.seed.run_cli:exec_",
+    "enter": "imagefactory.seed.run_cli:enter",
+    "limits": "imagefactory.seed.run_cli:limits",
     "mount": "imagefactory.seed.mount_cli:mount_cmd",
     "umount": "imagefactory.seed.mount_cli:umount_cmd",
 }
@@ -41,7 +46,9 @@ Exit codes:
   5  package set cannot be resolved
   6  host problem (missing tool, not root, no kernel support, disk full)
   7  unsafe input (absolute/.. paths, symlink escapes, stray device nodes)
-  130 interrupted (Ctrl-C)"""
+  70 internal error (a bug: rerun with --debug and report it)
+  130 interrupted (Ctrl-C)
+See docs/errors.md for every failure class with an example line."""
 
 
 class LazyGroup(click.Group):

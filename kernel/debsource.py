@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from imagefactory.build import fetch
-from imagefactory.build.debian.backend import DEFAULT_KEYRINGS, index_url
-from imagefactory.build.debian.packages import Package, load_index
+from imagefactory.build.debian.backend import DEFAULT_KEYRINGS, fetch_index, index_arches
+from imagefactory.build.debian.packages import Package
 from imagefactory.build.debian.release import Release, check_valid_until, parse_release
 from imagefactory.build.debian.resolve import compare_versions
 from imagefactory.build.sources import host_debian_mirror
@@ -67,18 +67,6 @@ class DebianSource:
         return {k: v for k, v in asdict(self).items() if k not in ("tarball", "tarball_sha256")}
 
 
-def _index_names(rel: Release, arch: str) -> list[str]:
-    """main's Packages index for arch, then binary-all: Debian lists Architecture: all packages
-    in every arch's index too, so the arch index alone normally suffices."""
-    names = []
-    for a in (arch, "all"):
-        base = f"main/binary-{a}/Packages"
-        names += [base + ext for ext in (".xz", ".gz", "") if base + ext in rel.files][:1]
-    if not names:
-        raise VerificationError(f"the Release of {rel.codename or rel.suite} lists no main/binary-{arch}/Packages")
-    return names
-
-
 def pick(packages: list[Package], name: str, version: str | None) -> Package | None:
     """The pinned version of name, or its highest version."""
     found = [p for p in packages if p.name == name and (version is None or p.version == version)]
@@ -99,11 +87,11 @@ def _find(rel: Release, release_text: str, mirror: str, suite: str, name: str, v
         return Package(**json.loads(memo.read_text()))
     except (OSError, ValueError, TypeError):
         pass
-    for index in _index_names(rel, arch):
-        f = rel.files[index]
-        progress.stage(f"kernel source: {suite} {index} ({f.size / 1e6:.1f} MB, checked against the signed Release)")
-        path = fetch.cached_fetch(index_url(mirror, suite, rel, index), f.sha256, f.size, downloads)
-        found = pick(load_index(path, index), name, version)
+    # Debian lists Architecture: all packages in every arch's index too, so the arch index
+    # normally suffices; binary-all (when split out) is read only if it does not.
+    for index_arch in index_arches(rel, "main", arch):
+        progress.stage(f"kernel source: {suite} main/binary-{index_arch}/Packages (checked against the signed Release)")
+        found = pick(fetch_index(mirror, suite, rel, "main", index_arch, downloads), name, version)
         if found:
             write_text(memo, json.dumps(found._asdict()) + "\n")
             return found
