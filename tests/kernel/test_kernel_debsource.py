@@ -49,7 +49,9 @@ def archive(tmp_path_factory):
     debs = [Deb("linux-source-9.9", v, arch="all", files={"/usr/src/linux-source-9.9.tar.xz": source_tarball(v)})
             for v in ("9.9.2-1", "9.9.10-1")]
     debs.append(Deb("linux-source-9.8", "9.8.1-1", arch="all", files={"/usr/share/doc/linux-source-9.8/x": b"x"}))
-    return make_archive(root, debs)
+    archive = make_archive(root, debs)
+    yield archive
+    subprocess.run(["gpgconf", "--homedir", str(archive.gnupghome), "--kill", "all"], capture_output=True)
 
 
 def access(archive) -> ArchiveAccess:
