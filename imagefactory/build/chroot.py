@@ -18,6 +18,7 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from imagefactory.build import buildlog
 from imagefactory.core.errors import EnvironmentProblem, ImageFactoryError, UnsafeInput
 
 # name: (type, major, minor, mode) — util-vserver's secure /dev set.
@@ -131,6 +132,7 @@ def run(root: Path, argv: Sequence[str], env: dict[str, str] | None = None, what
         ["chroot", str(root), *argv], env=full_env, stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
     )
+    buildlog.record(["chroot", str(root), *argv], proc.stdout, proc.returncode)
     if proc.returncode != 0:
         lines = [ln.strip() for ln in proc.stdout.strip().splitlines() if ln.strip()]
         # dpkg ends with a list of the failed packages; the cause is the first error

@@ -31,6 +31,8 @@ SCHEMA: dict[str, tuple[type, str]] = {
     "extends": (str, "name of a recipe this one builds on"),
     "family": (str, "debian | ubuntu | fedora"),
     "suite": (str, "suite or release (sid, trixie, noble, 42, ...)"),
+    "sources": (list, "suites read together, highest version wins (default: [suite]); an entry 'URL SUITE' "
+                      "names its mirror; Fedora: repository paths under mirror"),
     "components": (list, "archive components (Debian/Ubuntu)"),
     "architecture": (str, "dpkg architecture (amd64) or rpm basearch (x86_64)"),
     "variant": (str, "essential | minbase | important | standard (Debian/Ubuntu); minimal | standard (Fedora)"),
@@ -63,6 +65,7 @@ class Recipe:
     architecture: str
     variant: str
     components: tuple[str, ...] = ("main",)
+    sources: tuple[str, ...] = ()  # empty: the suite alone (Debian) / the mirror itself (Fedora)
     packages: tuple[str, ...] = ()
     exclude_paths: tuple[str, ...] = ()
     keyring: str = ""
@@ -160,6 +163,19 @@ def _parse_mode(value: str, where: str) -> int:
         raise RecipeError(f"{where}: key 'mode' must be an octal string like '0644'") from None
 
 
+def _sources(entries: list[str], where: str) -> tuple[str, ...]:
+    """Each entry is 'SUITE' or 'URL SUITE' (Debian) or a repository path (Fedora); no duplicates."""
+    out: list[str] = []
+    for entry in entries:
+        parts = entry.split()
+        if not parts or len(parts) > 2 or (len(parts) == 2 and "://" not in parts[0]):
+            raise RecipeError(f"{where}: key 'sources': {entry!r} must be 'SUITE' or 'URL SUITE'")
+        if parts[-1] in [o.split()[-1] for o in out]:
+            raise RecipeError(f"{where}: key 'sources': {parts[-1]!r} is listed twice")
+        out.append(" ".join(parts))
+    return tuple(out)
+
+
 def load(ref: str, search: Path | None = None) -> Recipe:
     """Load a recipe by name or path into a validated Recipe."""
     data, path = load_raw(ref, search)
@@ -192,6 +208,7 @@ def load(ref: str, search: Path | None = None) -> Recipe:
         architecture=data.get("architecture", "amd64" if deb else "x86_64"),
         variant=variant,
         components=tuple(data.get("components", ["main"])),
+        sources=_sources(data.get("sources", []), where),
         packages=tuple(data.get("packages", [])),
         exclude_paths=tuple(data.get("exclude_paths", [])),
         keyring=data.get("keyring", ""),
