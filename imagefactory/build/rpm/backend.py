@@ -34,6 +34,14 @@ def repo_url(template: str, recipe: Recipe) -> str:
     return url.rstrip("/") + "/"
 
 
+def repo_urls(recipe: Recipe, mirror: str) -> list[str]:
+    """The repositories to read: each of the recipe's sources (a path under the mirror, e.g. releases/...
+    and updates/..., or a full URL), else the mirror itself. Each repomd.xml is verified on its own and
+    the newest EVR of a name wins across them, as dnf decides."""
+    base = repo_url(mirror, recipe)
+    return [repo_url(urllib.parse.urljoin(base, src), recipe) for src in recipe.sources] or [base]
+
+
 def _metadata(mirror: str, f: RepoFile, cache_dir: Path) -> Path:
     """A metadata file from the mirror, verified against repomd.xml into the shared cache."""
     if f.checksum_type != "sha256":
@@ -75,10 +83,7 @@ class RpmBackend:
             raise RecipeError(f"{where} 'keyring' is required for family {recipe.family!r} (package signatures)")
         if not Path(recipe.keyring).is_file():  # fail before downloading anything
             raise VerificationError(f"keyring {recipe.keyring} not found (install the distribution's key)")
-        base_url = repo_url(opts.mirror or recipe.mirror, recipe)
-        # Each source is a repository path under the mirror (releases/..., updates/...), each repomd.xml
-        # verified on its own; the newest EVR of a name wins across them, as dnf decides.
-        repos = [repo_url(urllib.parse.urljoin(base_url, src), recipe) for src in recipe.sources] or [base_url]
+        repos = repo_urls(recipe, opts.mirror or recipe.mirror)
         packages: list[Package] = []
         origin: dict[int, str] = {}
         snaps = []
