@@ -32,9 +32,10 @@ from imagefactory.core.errors import EnvironmentProblem, ImageFactoryError
 from imagefactory.core.progress import Progress
 from unify import index, probe
 from unify.exclude import Matcher, load_rules
+from unify.ownership import config_files
 from unify.protect import MODES, WARNINGS, Protection
 from unify.store import CHUNK, Store, entry_name, hash_fd, meta_of, read_xattrs, same_content
-from unify.walk import FILE_FLAGS, TMP_PREFIX, FileRef, config_files, open_dir, open_root, walk
+from unify.walk import FILE_FLAGS, TMP_PREFIX, FileRef, Stat, open_dir, open_root, walk
 
 
 @dataclass
@@ -119,11 +120,11 @@ def _syncfs(path: Path) -> None:
         os.close(fd)
 
 
-def _fingerprint(st: os.stat_result) -> tuple:
+def _fingerprint(st: os.stat_result | Stat) -> tuple:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _unchanged(now: os.stat_result, then: os.stat_result, fd: int, metakey: str, ignore_mtime: bool) -> bool:
+def _unchanged(now: os.stat_result, then: os.stat_result | Stat, fd: int, metakey: str, ignore_mtime: bool) -> bool:
     """Is the open file still the one we hashed? A ctime-only change (a new hard link to the
     same inode, e.g. its twin in the same guest was just unified) is fine if the metadata
     key still matches; the content is byte-compared separately."""
@@ -172,6 +173,13 @@ class Unifier:
         self.warned = 0
         self.buf = bytearray(CHUNK)
 
+    @property
+    def protection(self) -> Protection:
+        """The mode's protection: only a run with a sharing mode creates or links entries."""
+        if self.prot is None:
+            raise ImageFactoryError("no usable sharing mode: nothing can be created or linked")
+        return self.prot
+
     # -- phase 2: walk and hash --------------------------------------------------------------
     def scan(self) -> tuple[list[dict], dict[str, list[FileRef]], set[str]]:
         """Per guest new index records, entry name -> guest files to link to it, and the names
@@ -212,7 +220,7 @@ class Unifier:
         for ref, name in known:
             groups[name].append(ref)
         self._hash(to_hash, records, groups)
-        for name, refs in already.items():
+        for refs in already.values():
             self.s.already_unified += len(refs)
             self.s.already_bytes += refs[0].st.st_size * len(refs)
         # Worth linking: two or more distinct inodes, or an entry already in the store. (Names that
@@ -345,7 +353,7 @@ class Unifier:
             if not _unchanged(st, ref.st, src, name.split("-")[1], self.ignore_mtime):
                 return False
             xattrs = read_xattrs(src)
-            if self.prot.shares_inode:
+            if self.protection.shares_inode:
                 digest, length = _copy_hashing(src, dst)
             else:
                 probe.clone_file(dst, src)
@@ -382,7 +390,7 @@ class Unifier:
                 path = self.store.path_of(name)
                 efd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
                 try:
-                    self.prot.unprotect(efd)
+                    self.protection.unprotect(efd)
                     self.merged.clear()
                     for ref in sorted(linkable[name], key=lambda r: (r.guest, r.rel)):
                         done += 1
@@ -395,7 +403,7 @@ class Unifier:
                     self.s.disk_saved += len(self.merged) * first.st_blocks * 512
                 finally:
                     with contextlib.suppress(OSError):
-                        self.prot.protect(efd)
+                        self.protection.protect(efd)
                     os.close(efd)
         finally:
             dirs.close()
@@ -419,7 +427,7 @@ class Unifier:
             if not _unchanged(gst, ref.st, gfd, name.split("-")[1], self.ignore_mtime):
                 self.s.changed += 1
                 return
-            if self.prot.shares_inode and (gst.st_dev, gst.st_ino) == self._entry_id(efd):
+            if self.protection.shares_inode and (gst.st_dev, gst.st_ino) == self._entry_id(efd):
                 self.s.already_unified += 1  # index was lost; the file already is the entry
                 self.s.already_bytes += gst.st_size
                 rec = records[ref.guest][ref.rel]
@@ -429,7 +437,7 @@ class Unifier:
                 self.s.collisions += 1
                 self._warn(f"XXH3 collision or concurrent change, left private: {self.roots[ref.guest]}/{ref.rel}")
                 return
-            if self.prot.shares_inode:
+            if self.protection.shares_inode:
                 os.link(path, tmp, dst_dir_fd=dfd, follow_symlinks=False)
             else:
                 flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -472,13 +480,13 @@ class Unifier:
     def reprotect(self, names: set[str]) -> None:
         """Re-assert the flags on entries this run did not link to (a run killed between lifting
         and restoring them may have linked every guest already, so nothing else would)."""
-        if not self.prot.flags:
+        if not self.protection.flags:
             return
         for name in names:
             with contextlib.suppress(FileNotFoundError):
                 fd = os.open(self.store.path_of(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
                 try:
-                    self.prot.protect(fd)
+                    self.protection.protect(fd)
                 finally:
                     os.close(fd)
 
@@ -565,7 +573,7 @@ def _unify(roots, store, mode, dry_run, ignore_mtime, min_size, exclude_file, pr
         if chosen and not dry_run:
             store_obj.set_mode(chosen)
             summary.temp_removed += store_obj.clean_tmp()
-            if chosen == "vserver" and not prot.barrier(store_obj.root):
+            if chosen == "vserver" and prot is not None and not prot.barrier(store_obj.root):
                 summary.warnings.append("the kernel has no chroot barrier flag; the store root is not barriered")
         store_dev = os.stat(store_obj.root).st_dev
         for r in roots:
@@ -588,7 +596,7 @@ def _unify(roots, store, mode, dry_run, ignore_mtime, min_size, exclude_file, pr
                 u.link_all(linkable, store_names, records)
                 u.reprotect(in_use - linkable.keys())
             summary.duplicates -= summary.new_entries
-            for root, recs, old in zip(u.roots, records, u.old_records):
+            for root, recs, old in zip(u.roots, records, u.old_records, strict=True):
                 if recs != old:
                     index.write(store_obj.root, root, recs, chosen)
         finally:

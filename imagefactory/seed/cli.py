@@ -75,7 +75,8 @@ def run_check(confdir: Path, vdir: Path | None, as_json: bool) -> None:
         }, indent=2))
     else:
         total = sum(g.memory or 0 for g in guests)
-        click.echo(f"{len(guests)} guests; RSS hard limits {total // MIB} MiB, RAM {ram // MIB} MiB, swap {swap // MIB} MiB")
+        click.echo(f"{len(guests)} guests; RSS hard limits {total // MIB} MiB, RAM {ram // MIB} MiB, "
+                   f"swap {swap // MIB} MiB")
         for status in statuses:
             click.echo(f"barrier on {status.path}: {status.detail}")
         for finding in findings:
@@ -170,7 +171,9 @@ def seed(source, name, vdir, confdir, address, dev, hostname, memory, cpu, do_un
         progress = Progress(quiet=quiet)
         image = resolve_source(source, repo, keyring, cache, progress)
         result = seed_image(image, guest, replace=replace, progress=progress)
-        unified = run_unify(result, guest.confdir, guest.store, unify_mode, progress) if do_unify else None
+        unified = None
+        if do_unify and guest.store is not None:
+            unified = run_unify(result, guest.confdir, guest.store, unify_mode, progress)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if as_json:
@@ -188,7 +191,8 @@ def guests(confdir, as_json) -> None:
     if as_json:
         click.echo(json.dumps([g.to_dict() for g in rows], indent=2))
         return
-    header = f"{'NAME':<16} {'CTX':>5}  {'IMAGE':<24} {'VERSION':<15} {'IP':<18} {'SIZE':>9} {'SHARED':>6} {'MEMORY':>7} {'CPU':>6}"
+    header = (f"{'NAME':<16} {'CTX':>5}  {'IMAGE':<24} {'VERSION':<15} {'IP':<18} {'SIZE':>9} {'SHARED':>6} "
+              f"{'MEMORY':>7} {'CPU':>6}")
     click.echo(header)
 
     def fmt(value, spec: str = "", suffix: str = "") -> str:
