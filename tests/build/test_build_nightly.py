@@ -73,7 +73,8 @@ def test_security_source_wins_and_the_guest_lists_every_source(tmp_path, archive
                             capture_output=True, text=True, check=True).stdout
     assert status == f"hello\t{SEC_HELLO}\n"
     sources = (root / "etc/apt/sources.list.d/debian.sources").read_text()
-    assert f"URIs: {main_url}\nSuites: testing\n" in sources and f"URIs: {sec_url}\nSuites: testing-security\n" in sources
+    assert f"URIs: {main_url}\nSuites: testing\n" in sources
+    assert f"URIs: {sec_url}\nSuites: testing-security\n" in sources
     snaps = m["snapshot"]["sources"]
     assert [(s["suite"], s["mirror"]) for s in snaps] == [("testing", main_url), ("testing-security", sec_url)]
     assert all(s["date"].startswith("Thu, 01 Oct 2026") and len(s["sha256"]) == 64 for s in snaps)
