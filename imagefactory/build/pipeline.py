@@ -203,6 +203,9 @@ def build(recipe: Recipe, out_dir: Path, opts: BuildOptions, progress: Progress,
             if str(log_path) not in str(exc):
                 exc.args = (f"{exc} (full output in {log_path})",)
             raise
+        explain("image", f"always written: tar.zst of the configured root, mtimes clamped to "
+                f"{the_plan.source_date_epoch} (the newest package's build time)" if epoch is None else
+                f"always written: tar.zst of the configured root, mtimes clamped to SOURCE_DATE_EPOCH {epoch}")
         progress.stage("image: writing reproducible tar.zst")
         sha, size, stats = write_image(rootfs, image_stage, the_plan.source_date_epoch, level=opts.zstd_level)
         doc = manifest.build_manifest(the_plan, image_final.name, sha, size, stats, time.monotonic() - started,
