@@ -8,8 +8,9 @@ tree is reused only for the same inputs, and a recipe that differs from another 
 customize steps (or hostname) gets the same id. A recipe that adds packages to a cached base set
 starts from a copy of that base tree and installs only the rest.
 
-Layout: <cache>/trees/<id>/rootfs and <id>/inputs.json (written last: its presence means the
-tree is complete). The newest KEEP trees are kept. Copies are reflinks where the filesystem
+Layout: <cache>/trees/<id>/rootfs and <id>/inputs.json, both staged under a hidden name and
+renamed into place together, so a tree directory is always complete. The newest KEEP trees are
+kept. Copies are reflinks where the filesystem
 can (XFS, btrfs), else real copies: never hard links, because maintainer scripts and customize
 steps may write a file in place, which would change the cached tree through the link.
 """
@@ -70,7 +71,7 @@ class TreeCache:
         os.utime(self.dir / tid / "inputs.json")  # most recently used
 
     def store(self, tid: str, inp: dict[str, Any], rootfs: Path) -> None:
-        """Copy rootfs into the cache under tid (staged, renamed, then marked complete)."""
+        """Copy rootfs into the cache under tid (staged with its inputs, then renamed into place)."""
         if self.lookup(tid) is not None:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -81,18 +82,24 @@ class TreeCache:
         stage.mkdir()
         try:
             copy_tree(rootfs, stage / "rootfs")
-            if final.exists():
-                atomic.remove_tree(final)
-            os.rename(stage, final)
+            atomic.write_text(stage / "inputs.json", json.dumps(inp, indent=1) + "\n")
+            try:
+                os.rename(stage, final)
+            except OSError:  # another build stored the same tree meanwhile: keep theirs
+                atomic.remove_tree(stage)
+                return
         except BaseException:
             if stage.exists():
                 atomic.remove_tree(stage)
             raise
-        atomic.write_text(final / "inputs.json", json.dumps(inp, indent=1) + "\n")
         self.evict()
 
+    def _complete(self) -> list[Path]:
+        """inputs.json of every tree in place (not the hidden ones being staged)."""
+        return [p for p in self.dir.glob("*/inputs.json") if not p.parent.name.startswith(".")]
+
     def evict(self, keep: int = KEEP) -> None:
-        done = sorted((p for p in self.dir.glob("*/inputs.json")), key=lambda p: p.stat().st_mtime, reverse=True)
+        done = sorted(self._complete(), key=lambda p: p.stat().st_mtime, reverse=True)
         for old in done[keep:]:
             old.unlink()  # incomplete from now on, then removed
             atomic.remove_tree(old.parent)
@@ -100,7 +107,7 @@ class TreeCache:
     def nearest(self, inp: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
         """The newest cached tree of the same recipe, else of the same family and architecture."""
         best: tuple[int, float, str, dict[str, Any]] | None = None
-        for meta in self.dir.glob("*/inputs.json"):
+        for meta in self._complete():
             try:
                 other = json.loads(meta.read_text())
             except (OSError, ValueError):
