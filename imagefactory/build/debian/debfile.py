@@ -142,3 +142,8 @@ def extract_data(deb: Path, root: Path, exclude: tuple[str, ...] = ()) -> None:
                 tar.extract(m, root, set_attrs=not m.issym(), numeric_owner=True, filter="fully_trusted")
             except FileExistsError:  # a parallel extraction created a parent directory meanwhile
                 tar.extract(m, root, set_attrs=not m.issym(), numeric_owner=True, filter="fully_trusted")
+            if m.isdir():
+                # Packages run in parallel and the first to create a shared directory would set its
+                # mtime (dpkg later leaves existing directories alone): a race. Give it the time of
+                # extraction instead, which the image clamps to SOURCE_DATE_EPOCH: the same every build.
+                os.utime(target, follow_symlinks=False)
