@@ -18,6 +18,7 @@ from imagefactory.build.debian.backend import index_names, index_url
 from imagefactory.build.debian.packages import decompress, parse_packages
 from imagefactory.build.debian.release import parse_release
 from imagefactory.build.debian.resolve import compare_versions
+from imagefactory.build.recipe import RECIPES_DIR
 from imagefactory.build.sources import host_debian_mirror, host_security_mirror
 from imagefactory.core.gpgv import verify_clearsigned
 
@@ -106,3 +107,21 @@ def test_variant_set_equals_mmdebstrap(tmp_path, variant):
     theirs = sorted({f"{ln.split()[1]} {ln.split()[2].lstrip('(')}" for ln in (sim.stdout + sim.stderr).splitlines()
                      if ln.startswith("Inst ")})
     assert ours == theirs
+
+
+def test_sid_web_customize_change_reuses_the_tree_and_equals_force(tmp_path):
+    cache = ["--cache-dir", str(tmp_path / "cache"), "--allow-expired-release"]
+    imagefactory_build("debian-sid-web", "-o", str(tmp_path / "web"), *cache)
+    changed = tmp_path / "r/debian-sid-web.toml"  # same name, one customize step changed
+    changed.parent.mkdir()
+    text = (RECIPES_DIR / "debian-sid-web.toml").read_text()
+    assert 'content = "Built by imagefactory.\\n"' in text
+    changed.write_text(text.replace('content = "Built by imagefactory.\\n"', 'content = "Changed.\\n"'))
+    proc = subprocess.run([sys.executable, "-m", "imagefactory", "build", str(changed), "-o", str(tmp_path / "web"),
+                           "--explain", *cache], capture_output=True, text=True)
+    assert proc.returncode == 0 and "explain: install: reused tree" in proc.stderr, proc.stderr
+    assert "dpkg: installing" not in proc.stderr
+    imagefactory_build(str(changed), "-o", str(tmp_path / "force"), "--force", *cache)
+    web = (tmp_path / "web/debian-sid-web.tar.zst").read_bytes()
+    assert web == (tmp_path / "force/debian-sid-web.tar.zst").read_bytes()
+    assert (tmp_path / "web/debian-sid-web/rootfs/etc/motd").read_text() == "Changed.\n"
