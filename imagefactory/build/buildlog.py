@@ -22,7 +22,7 @@ from imagefactory.core import atomic
 _current: ContextVar[TextIO | None] = ContextVar("build_log", default=None)
 
 
-def record(argv: Sequence[str], output: str, returncode: int) -> None:
+def record(argv: Sequence[str], output: str, returncode: int, seconds: float | None = None) -> None:
     """Append one command and its output to the current build log (no-op outside a build)."""
     log = _current.get()
     if log is None:
@@ -30,7 +30,8 @@ def record(argv: Sequence[str], output: str, returncode: int) -> None:
     log.write(f"$ {shlex.join(argv)}\n{output}")
     if output and not output.endswith("\n"):
         log.write("\n")
-    log.write(f"[exit {returncode}]\n\n")
+    took = f", {seconds:.1f} s" if seconds is not None else ""
+    log.write(f"[exit {returncode}{took}]\n\n")
     log.flush()
 
 
