@@ -8,6 +8,7 @@ its presence means the build is complete.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imagefactory import __version__
-from imagefactory.build import buildlog, chroot, emulation, fetch, manifest, trees
+from imagefactory.build import buildlog, chroot, emulation, fetch, formats, manifest, trees
 from imagefactory.build.image import write_image
 from imagefactory.build.plan import Backend, BuildOptions, Plan
 from imagefactory.build.recipe import Recipe
@@ -77,6 +78,7 @@ def build_inputs(p: Plan, opts: BuildOptions, epoch: int | None) -> dict:
         "sources": [[s.mirror, s.suite] for s in p.sources] or [[p.mirror, p.recipe.suite]],
         "packages": hashlib.sha256(listing.encode()).hexdigest(),
         "zstd_level": opts.zstd_level,
+        "formats": sorted(opts.formats),
         "source_date_epoch": epoch,
         "imagefactory": __version__,
     }
@@ -163,6 +165,7 @@ def build(recipe: Recipe, out_dir: Path, opts: BuildOptions, progress: Progress,
         raise EnvironmentProblem("building a guest needs root (chroot, mounts, device nodes)")
     started = time.monotonic()
     old_handler = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    created = [d for d in (out_dir, *out_dir.parents) if not d.exists()]  # removed again if the build fails
     out_dir.mkdir(parents=True, exist_ok=True)
     name = recipe.name
     final_dir = out_dir / name
@@ -207,9 +210,11 @@ def build(recipe: Recipe, out_dir: Path, opts: BuildOptions, progress: Progress,
                 f"{the_plan.source_date_epoch} (the newest package's build time)" if epoch is None else
                 f"always written: tar.zst of the configured root, mtimes clamped to SOURCE_DATE_EPOCH {epoch}")
         progress.stage("image: writing reproducible tar.zst")
-        sha, size, stats = write_image(rootfs, image_stage, the_plan.source_date_epoch, level=opts.zstd_level)
+        when = the_plan.source_date_epoch
+        sha, size, stats = write_image(rootfs, image_stage, when, level=opts.zstd_level)
         doc = manifest.build_manifest(the_plan, image_final.name, sha, size, stats, time.monotonic() - started,
                                       want)
+        doc["artifacts"] = formats.write_for(recipe, rootfs, out_dir, when, opts, progress)
         # Commit: rootfs, then image, then the manifest that says both are complete.
         manifest_final.unlink(missing_ok=True)
         if final_dir.exists():
@@ -229,6 +234,9 @@ def build(recipe: Recipe, out_dir: Path, opts: BuildOptions, progress: Progress,
     except BaseException:
         image_stage.unlink(missing_ok=True)
         _discard(stage_dir)
+        for directory in created:  # deepest first; only while empty (nothing of anyone else's)
+            with contextlib.suppress(OSError):
+                directory.rmdir()
         raise
     finally:
         signal.signal(signal.SIGTERM, old_handler)

@@ -14,8 +14,7 @@ import pytest
 
 from imagefactory.build import fetch
 from imagefactory.build.chroot import mounts_below
-from imagefactory.build.debian.backend import index_names, index_url
-from imagefactory.build.debian.packages import decompress, parse_packages
+from imagefactory.build.debian.backend import fetch_index, index_arches
 from imagefactory.build.debian.release import parse_release
 from imagefactory.build.debian.resolve import compare_versions
 from imagefactory.build.recipe import RECIPES_DIR
@@ -43,10 +42,8 @@ def newest(mirror: str, suite: str, tmp: Path) -> dict[str, str]:
     rel = parse_release(verify_clearsigned(fetch.fetch_url(f"{mirror}/dists/{suite}/InRelease"), KEYRING,
                                            suite).decode())
     out: dict[str, str] = {}
-    for name in index_names(rel, "main", "amd64"):
-        path = fetch.cached_fetch(index_url(mirror, suite, rel, name), rel.files[name].sha256,
-                                  rel.files[name].size, tmp)
-        for p in parse_packages(decompress(path, name), name):
+    for arch in index_arches(rel, "main", "amd64"):
+        for p in fetch_index(mirror, suite, rel, "main", arch, tmp):
             if p.name not in out or compare_versions(p.version, out[p.name]) > 0:
                 out[p.name] = p.version
     return out

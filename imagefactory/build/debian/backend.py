@@ -26,7 +26,7 @@ from imagefactory.build.debian.resolve import Universe, initial_set, resolve
 from imagefactory.build.plan import Artifact, BuildOptions, Plan, SourceSnapshot
 from imagefactory.build.recipe import Recipe
 from imagefactory.build.sources import host_debian_mirror, mirror_for
-from imagefactory.core.errors import RecipeError, VerificationError
+from imagefactory.core.errors import MirrorInconsistent, RecipeError, VerificationError
 from imagefactory.core.gpgv import verify_clearsigned
 from imagefactory.core.progress import Progress
 
@@ -36,35 +36,56 @@ DEFAULT_KEYRINGS = {
 }
 
 
-def index_names(rel: Release, component: str, arch: str) -> list[str]:
-    """Packages indices to read for one component: the arch's, plus binary-all when split out."""
-    arches = [arch] + (["all"] if rel.arch_all_separate else [])
-    names = []
-    for a in arches:
-        base = f"{component}/binary-{a}/Packages"
-        for ext in (".xz", ".gz", ""):
-            if base + ext in rel.files:
-                names.append(base + ext)
-                break
-        else:
-            if a == arch:
-                raise VerificationError(f"Release lists no {base} index (component or architecture missing?)")
-    return names
+def index_arches(rel: Release, component: str, arch: str) -> list[str]:
+    """Architectures whose Packages index to read for one component: the arch's, plus
+    binary-all when the Release lists it split out."""
+    if not any(f"{component}/binary-{arch}/Packages{ext}" in rel.files for ext in INDEX_EXTS):
+        raise VerificationError(f"Release lists no {component}/binary-{arch}/Packages index "
+                                "(component or architecture missing?)")
+    listed = any(f"{component}/binary-all/Packages{ext}" in rel.files for ext in INDEX_EXTS)
+    return [arch] + (["all"] if rel.arch_all_separate and listed else [])
 
 
-def index_url(mirror: str, suite: str, rel: Release, name: str) -> str:
-    f = rel.files[name]
-    if rel.by_hash:
-        return f"{mirror}/dists/{suite}/{name.rsplit('/', 1)[0]}/by-hash/SHA256/{f.sha256}"
-    return f"{mirror}/dists/{suite}/{name}"
+INDEX_EXTS = (".xz", ".gz", "")
+
+
+def index_candidates(mirror: str, suite: str, rel: Release, component: str, arch: str) -> list[tuple[str, str]]:
+    """Every (url, Release name) that can supply one Packages index, best first: each
+    compression the signed Release lists, by-hash (when offered) before the plain name.
+    Each is verified against the Release's SHA256 and size, so any may be used."""
+    out = []
+    listed = [e for e in INDEX_EXTS if f"{component}/binary-{arch}/Packages{e}" in rel.files]
+    for ext in [e for e in listed if e] or listed:  # the uncompressed copy only when nothing else is listed
+        name = f"{component}/binary-{arch}/Packages{ext}"
+        if rel.by_hash:
+            out.append((f"{mirror}/dists/{suite}/{component}/binary-{arch}/by-hash/SHA256/{rel.files[name].sha256}",
+                        name))
+        out.append((f"{mirror}/dists/{suite}/{name}", name))
+    return out
+
+
+def fetch_index(mirror: str, suite: str, rel: Release, component: str, arch: str,
+                cache_dir: Path) -> list[Package]:
+    """One Packages index from the first candidate that verifies; never an unverified one.
+
+    A missing file (404) or one whose bytes do not match the signed Release
+    moves on to the next candidate (a mirror mid-sync has both); network
+    failures end the build at once. No candidate left: MirrorInconsistent."""
+    tried = []
+    for url, name in index_candidates(mirror, suite, rel, component, arch):
+        f = rel.files[name]
+        try:
+            return load_index(fetch.cached_fetch(url, f.sha256, f.size, cache_dir), name)
+        except (fetch.MissingFile, VerificationError) as exc:
+            how = "by-hash" if "/by-hash/" in url else "plain"
+            tried.append(f"{name.rpartition('/')[2]} {how}: {str(exc).removeprefix(url + ': ')}")
+    raise MirrorInconsistent(
+        f"mirror inconsistent (probably mid-sync): no copy of dists/{suite}/{component}/binary-{arch}/Packages "
+        f"on {mirror} matches the signed Release ({'; '.join(tried)}); try again later or another mirror"
+    )
 
 
 MEMO_FORMAT = 3  # bump when the memoized records change shape
-
-
-def _fetch_index(url: str, sha256: str, size: int, cache_dir: Path, name: str) -> list[Package]:
-    """Download (verified) and parse one Packages index."""
-    return load_index(fetch.cached_fetch(url, sha256, size, cache_dir), name)
 
 
 def _load_memo(path: Path):
@@ -162,24 +183,46 @@ class DebianBackend:
                  ) -> tuple[set[str], list[Package], list[int], set[str] | None, tuple[str, ...]]:
         """Fetch + verify the indices of every source and resolve: (essential closure, full selection,
         the source of each selected package, the names of the set without extra packages, index hashes)."""
-        jobs = []
+        jobs: list[tuple[int, str, str]] = []  # (source, component, architecture)
+        digests: list[str] = []
         for i, src in enumerate(srcs):
             rel = src.release
             for comp in recipe.components:
                 if not _component_ok(rel, comp):
                     raise RecipeError(f"{recipe.source}: key 'components': {comp!r} is not in {src.suite}")
-                for n in index_names(rel, comp, recipe.architecture):
-                    jobs.append((i, index_url(src.mirror, src.suite, rel, n), rel.files[n].sha256,
-                                 rel.files[n].size, opts.cache_dir, n))
+                for arch in index_arches(rel, comp, recipe.architecture):
+                    jobs.append((i, comp, arch))
+                    digests += [rel.files[n].sha256 for _, n in index_candidates(src.mirror, src.suite, rel, comp,
+                                                                                    arch)]
+
+        def one(job: tuple[int, str, str]) -> list[Package] | MirrorInconsistent:
+            src = srcs[job[0]]
+            try:
+                return fetch_index(src.mirror, src.suite, src.release, job[1], job[2], opts.cache_dir)
+            except MirrorInconsistent as exc:
+                if job[2] != "all":
+                    raise
+                return exc
+
         # Downloads and lzma decompression of the indices overlap (both release the GIL).
         packages: list[Package] = []
         origin: dict[tuple[str, str, str], int] = {}
         with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
-            results = pool.map(_fetch_index, *zip(*(j[1:] for j in jobs), strict=True))
-            for job, result in zip(jobs, results, strict=True):
-                packages += result
-                for p in result:
-                    origin.setdefault((p.name, p.version, p.sha256), job[0])
+            results = dict(zip(jobs, pool.map(one, jobs), strict=True))
+        for (i, comp, _arch), result in results.items():
+            if isinstance(result, MirrorInconsistent):
+                # The Release says (No-Support-for-Architecture-all: Packages) that the per-architecture index
+                # carries the Architecture: all packages too: use them, if they really are there.
+                per_arch = results[(i, comp, recipe.architecture)]
+                if isinstance(per_arch, MirrorInconsistent) or not any(p.architecture == "all" for p in per_arch):
+                    raise result
+                progress.warn(f"{srcs[i].mirror}: dists/{srcs[i].suite}/{comp}/binary-all/Packages cannot be "
+                              f"verified (probably mid-sync); using the Architecture: all packages of "
+                              f"binary-{recipe.architecture}")
+                continue
+            packages += result
+            for p in result:
+                origin.setdefault((p.name, p.version, p.sha256), i)
         progress.stage(f"resolve: {len(packages)} packages in {len(srcs)} source(s), variant {recipe.variant}")
         # Like apt with equal pins: the highest version of a name wins across all sources.
         universe = Universe(packages, recipe.architecture)
@@ -197,8 +240,7 @@ class DebianBackend:
         else:
             base = {p.name for p in selected}
         origins = [origin[(p.name, p.version, p.sha256)] for p in selected]
-        digests = tuple(sorted(j[2] for j in jobs))
-        return essential, selected, origins, base, digests
+        return essential, selected, origins, base, tuple(sorted(set(digests)))
 
     def install(self, plan: Plan, files: dict[str, Path], rootfs: Path, progress: Progress) -> None:
         r = plan.recipe
