@@ -47,6 +47,7 @@ class Status:
     guest_links: int = 0  # guest files sharing an entry
     orphans: int = 0  # entries no guest uses (what --gc removes)
     orphan_bytes: int = 0
+    overflow_entries: int = 0  # second (third...) entries of a content whose entry hit the link limit
     bytes_saved: int = 0  # what the guests would use without sharing, minus the store
     guests: list[str] = field(default_factory=list)
 
@@ -58,10 +59,9 @@ def status(store_dir: Path) -> Status:
     store = _open_store(store_dir)
     mode = store.info().get("mode")
     st = Status(str(store.root), mode, guests=[root for root, _ in index.guests(store.root)])
-    uses: Counter = Counter()
-    if mode == "reflink":
-        uses.update(f.entry for files in index.load(store.root).values() for f in files)
+    uses = index.entry_uses(store.root) if mode == "reflink" else {}
     for e in store.entries():
+        st.overflow_entries += e.copy > 0
         links = uses.get(e.name, 0) if mode == "reflink" else e.nlink - 1
         st.entries += 1
         st.entry_bytes += e.size
@@ -163,7 +163,7 @@ def split(root: Path, store_dir: Path, ioctl=None) -> dict:
                 with contextlib.suppress(OSError):
                     dfd = open_dir(root_fd, dir_rel)
                     try:
-                        _unprotected(dfd, name, prot, lambda: os.unlink(name, dir_fd=dfd))
+                        _unprotected(dfd, name, prot, lambda n=name, d=dfd: os.unlink(n, dir_fd=d))
                     finally:
                         os.close(dfd)
             for ref in shared:

@@ -655,10 +655,8 @@ def _reflink_key(records: dict, entry_group: dict, dir_fd: int, name: str, rel: 
                  st: os.stat_result) -> tuple[tuple[int, int] | None, int]:
     """(group key, shared bytes) of a guest file; (None, 0) when it shares nothing."""
     rec = records.get(rel[1:])
-    if rec is not None and rec[uindex.ENTRY] in entry_group and rec[uindex.DEV] == st.st_dev and \
-            rec[uindex.INO] == st.st_ino and rec[uindex.SIZE] == st.st_size and \
-            rec[uindex.MTIME] == st.st_mtime_ns and rec[uindex.CTIME] == st.st_ctime_ns:
-        return entry_group[rec[uindex.ENTRY]], st.st_blocks * 512
+    if rec is not None and rec.copy is not None and rec.fresh(st) and rec.entry in entry_group:
+        return entry_group[rec.entry], st.st_blocks * 512
     if records:
         return None, 0  # the index knows this guest: a file it did not clone shares nothing
     info = _extent_info(dir_fd, name, st)
@@ -814,10 +812,8 @@ def _hash_file(root: Path, rel: str, dev: int, ino: int, ignore_mtime: bool, buf
             return None  # replaced since the walk
         meta = ustore.meta_of(st, ustore.read_xattrs(fd), ignore_mtime)
         rec = records.get(rel[1:])
-        if rec and rec[uindex.DIGEST] and [rec[uindex.DEV], rec[uindex.INO], rec[uindex.SIZE],
-                                           rec[uindex.MTIME], rec[uindex.CTIME]] == \
-                [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]:
-            digest, size = rec[uindex.DIGEST], st.st_size
+        if rec and rec.digest and rec.fresh(st):
+            digest, size = rec.hexdigest, st.st_size
         else:
             digest, size = ustore.hash_fd(fd, buf)
         return ustore.entry_name(digest, meta.key(), size)
