@@ -204,6 +204,12 @@ class Unifier:
         self.warned = 0
         self.buf = bytearray(CHUNK)
 
+    @property
+    def protection(self) -> Protection:
+        """The mode's protection (a real run always has one; only dry runs may lack a mode)."""
+        assert self.prot is not None
+        return self.prot
+
     # -- phase 2: walk, decide by stat, hash what changed -----------------------------------------
     def scan(self) -> None:
         shares = self.prot is None or self.prot.shares_inode
@@ -228,7 +234,7 @@ class Unifier:
         old_gid = index.guest_id(self.old_db, root) if self.old_db is not None else None
         old = index.records(self.old_db, old_gid)
         self.db.execute("BEGIN")
-        gid = index.guest_id(self.db, root, create=True, mode=self.s.mode)
+        gid = index.add_guest(self.db, root, self.s.mode)
         self.gids.append(gid)
         leftovers: list[tuple[str, str]] = []
         refs = walk(g, root_fd, matcher, self.min_size, config_files(root_fd), counts, leftovers)
@@ -415,7 +421,7 @@ class Unifier:
         done = False
         try:
             os.lseek(src, 0, os.SEEK_SET)
-            if self.prot.shares_inode:
+            if self.protection.shares_inode:
                 digest, length = _copy_hashing(src, dst)
             else:
                 probe.clone_file(dst, src)
@@ -442,7 +448,8 @@ class Unifier:
     def _overflow_entry(self, name: str, copy: int, efd: int) -> str:
         """The entry `name` is at the link limit: its copy-th overflow entry (created if missing,
         from the full entry's bytes, and fsynced before any guest links to it)."""
-        new = entry_name(*name.split("-")[:2], int(name.split("-")[2]), copy)
+        digest, metakey, size = name.split("-")[:3]
+        new = entry_name(digest, metakey, int(size), copy)
         if new in self.store_names:
             return new
         st = os.fstat(efd)
@@ -481,7 +488,7 @@ class Unifier:
         copy, current = 0, name
         efd = os.open(self.store.path_of(current), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            self.prot.unprotect(efd)
+            self.protection.unprotect(efd)
             self.touched.add(current)
             for ref in sorted(refs, key=lambda r: (r.guest, r.rel)):
                 while True:
@@ -492,10 +499,10 @@ class Unifier:
                         copy += 1
                         current = self._overflow_entry(name, copy, efd)
                         with contextlib.suppress(OSError):
-                            self.prot.protect(efd)
+                            self.protection.protect(efd)
                         os.close(efd)
                         efd = os.open(self.store.path_of(current), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                        self.prot.unprotect(efd)
+                        self.protection.unprotect(efd)
                         self.touched.add(current)
                 if new is not None:
                     st, replaced = new
@@ -504,7 +511,7 @@ class Unifier:
                         merged.add((ref.st.st_dev, ref.st.st_ino))
         finally:
             with contextlib.suppress(OSError):
-                self.prot.protect(efd)
+                self.protection.protect(efd)
             os.close(efd)
         first = refs[0].st
         self.s.duplicates += len(merged)
@@ -532,7 +539,7 @@ class Unifier:
             if not _unchanged(gst, ref.st, gfd, name.split("-")[1], self.ignore_mtime):
                 self.s.changed += 1
                 return None
-            if self.prot.shares_inode and (gst.st_dev, gst.st_ino) == self._entry_id(efd):
+            if self.protection.shares_inode and (gst.st_dev, gst.st_ino) == self._entry_id(efd):
                 self.s.already_unified += 1  # index was lost; the file already is the entry
                 self.s.already_bytes += gst.st_size
                 return gst, False
@@ -540,7 +547,7 @@ class Unifier:
                 self.s.collisions += 1
                 self._warn(f"XXH3 collision or concurrent change, left private: {self.roots[ref.guest]}/{ref.rel}")
                 return None
-            if self.prot.shares_inode:
+            if self.protection.shares_inode:
                 try:
                     os.link(self.store.path_of(name), tmp, dst_dir_fd=dfd, follow_symlinks=False)
                 except OSError as exc:
@@ -586,13 +593,13 @@ class Unifier:
     def reprotect(self) -> None:
         """Re-assert the flags on entries this run did not link to (a run killed between lifting
         and restoring them may have linked every guest already, so nothing else would)."""
-        if not self.prot.flags:
+        if not self.protection.flags:
             return
         for name in {entry_name(k[0].hex(), k[1].hex(), k[2], k[3]) for k in self.in_use} - self.touched:
             with contextlib.suppress(FileNotFoundError):
                 fd = os.open(self.store.path_of(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
                 try:
-                    self.prot.protect(fd)
+                    self.protection.protect(fd)
                 finally:
                     os.close(fd)
 
@@ -678,7 +685,10 @@ def _unify(roots, store, mode, dry_run, ignore_mtime, min_size, exclude_file, pr
         prot = Protection(chosen, ioctl) if ioctl else Protection(chosen)
     lock = store_obj.locked() if not dry_run else contextlib.nullcontext()
     with lock:
+        db: sqlite3.Connection
+        old_db: sqlite3.Connection | None
         if not dry_run:
+            assert chosen is not None and prot is not None  # resolve_mode refuses otherwise
             store_obj.set_mode(chosen)
             summary.temp_removed += store_obj.clean_tmp()
             if chosen == "vserver" and not prot.barrier(store_obj.root):

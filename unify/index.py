@@ -157,14 +157,20 @@ def open_existing(store_dir: Path) -> sqlite3.Connection | None:
     return db
 
 
-def guest_id(db: sqlite3.Connection, root: Path, *, create: bool = False, mode: str | None = None) -> int | None:
-    root_s = os.path.abspath(root)
-    row = db.execute("SELECT id FROM guests WHERE root=?", (root_s,)).fetchone()
-    if row:
-        return row[0]
-    if not create:
-        return None
-    return db.execute("INSERT INTO guests(root, mode, updated) VALUES (?,?,?)", (root_s, mode, time.time())).lastrowid
+def guest_id(db: sqlite3.Connection, root: Path) -> int | None:
+    row = db.execute("SELECT id FROM guests WHERE root=?", (os.path.abspath(root),)).fetchone()
+    return row[0] if row else None
+
+
+def add_guest(db: sqlite3.Connection, root: Path, mode: str | None) -> int:
+    """The id of a guest root, added if new."""
+    gid = guest_id(db, root)
+    if gid is not None:
+        return gid
+    cur = db.execute("INSERT INTO guests(root, mode, updated) VALUES (?,?,?)",
+                     (os.path.abspath(root), mode, time.time()))
+    assert cur.lastrowid is not None
+    return cur.lastrowid
 
 
 def records(db: sqlite3.Connection | None, gid: int | None) -> dict[str, Record]:

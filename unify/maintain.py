@@ -13,6 +13,7 @@ import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from imagefactory.core.errors import ImageFactoryError
 from unify import index, probe
@@ -147,7 +148,7 @@ def split(root: Path, store_dir: Path, ioctl=None) -> dict:
     """
     store = _open_store(store_dir)
     prot = Protection("hardlink", ioctl) if ioctl else Protection("hardlink")
-    out = {"guest": str(root), "copied": 0, "bytes": 0, "failed": 0}
+    out: dict[str, Any] = {"guest": str(root), "copied": 0, "bytes": 0, "failed": 0}
     with store.locked():
         by_inode = {}
         if store.info().get("mode") != "reflink":  # reflink guests already own their inodes

@@ -219,7 +219,9 @@ class Store:
             path = self.path_of(name)
             with contextlib.suppress(FileNotFoundError):
                 st = os.lstat(path)
-                digest, metakey, size = parse_entry_name(name)
+                parsed = parse_entry_name(name)
+                assert parsed is not None  # names() lists parseable names only
+                digest, metakey, size = parsed
                 yield StoreEntry(name, path, digest, metakey, size, st.st_nlink, st.st_ino, copy_of(name))
 
     def clean_tmp(self) -> int:
