@@ -8,8 +8,9 @@ them and unify deliberately does not.
 import os
 import sys
 
+from unify.ownership import config_files
 from unify.store import hash_fd, meta_of, read_xattrs
-from unify.walk import config_files, open_root
+from unify.walk import open_root
 
 total, keys = 0, set()
 for root in sys.argv[1:]:

@@ -35,7 +35,8 @@ from kernel.source import USR_SRC, resolve_patch, resolve_source
 DEFAULT_CACHE = Path(os.environ.get("IMAGEFACTORY_KERNEL_CACHE", "/var/cache/imagefactory/kernel"))
 MANIFEST = "kernel-manifest.json"
 MANIFEST_SCHEMA = "imagefactory-kernel-manifest/1"
-TOOLS = {"common": ["make", "gcc", "flex", "bison", "bc", "patch", "tar", "perl"], "deb": ["dpkg-deb"], "rpm": ["rpmbuild"]}
+TOOLS = {"common": ["make", "gcc", "flex", "bison", "bc", "patch", "tar", "perl"], "deb": ["dpkg-deb"],
+         "rpm": ["rpmbuild"]}
 
 
 class KernelBuildError(ImageFactoryError):
@@ -54,7 +55,8 @@ class BuildInputs:
     key: str
 
 
-def cache_key(tarball_sha256: str, patch_hashes: list[str], fragment: str, base: str, localversion: str, formats: list[str]) -> str:
+def cache_key(tarball_sha256: str, patch_hashes: list[str], fragment: str, base: str, localversion: str,
+              formats: list[str]) -> str:
     """Pure: the same inputs give the same key; any change gives another."""
     material = json.dumps(
         {"source": tarball_sha256, "patches": patch_hashes, "config": fragment, "base": base,
@@ -75,7 +77,8 @@ def resolve_inputs(recipe: KernelRecipe, cache_root: Path, usr_src: Path = USR_S
     tarball, tar_sha = resolve_source(recipe.source, downloads, usr_src)
     patches = [(p.name, *resolve_patch(p, downloads)) for p in recipe.patches]
     fragment = render_fragment(recipe.config_request)
-    key = cache_key(tar_sha, [p[2] for p in patches], fragment, _base_identity(recipe), recipe.localversion, recipe.formats)
+    key = cache_key(tar_sha, [p[2] for p in patches], fragment, _base_identity(recipe), recipe.localversion,
+                    recipe.formats)
     return BuildInputs(recipe, tarball, tar_sha, patches, fragment, key)
 
 
@@ -129,7 +132,8 @@ class _Steps:
             time.sleep(1)
             if time.monotonic() - last >= 20:
                 last = time.monotonic()
-                done = f"{_count_compiled(self.log_path)} objects compiled so far" if argv[0] == "make" else "still running"
+                done = (f"{_count_compiled(self.log_path)} objects compiled so far" if argv[0] == "make"
+                        else "still running")
                 self.progress.stage(f"kernel: {step}: {done}")
         if proc.returncode != 0:
             raise self.fail(step, f"{argv[0]} exited {proc.returncode} ({_last_error(self.log_path)})")
@@ -178,14 +182,16 @@ def _configure(steps: _Steps, inputs: BuildInputs, tree: Path, env: dict) -> dic
     else:
         steps.run(f"config: make {recipe.config_base}", ["make", recipe.config_base], tree, env)
     (tree / "imagefactory.config").write_text(inputs.fragment)
-    steps.run("config: merge fragments", ["scripts/kconfig/merge_config.sh", "-m", ".config", "imagefactory.config"], tree, env)
+    steps.run("config: merge fragments", ["scripts/kconfig/merge_config.sh", "-m", ".config", "imagefactory.config"],
+              tree, env)
     steps.run("config: make olddefconfig", ["make", "olddefconfig"], tree, env)
     final = parse_config((tree / ".config").read_text(), ".config")
     problems = unmet_options(recipe.config_request, final)
     if problems:
         steps.fail("config check", "; ".join(problems))
         raise RecipeError(
-            f"kernel config options did not stick (missing dependencies?): {'; '.join(problems)}; log kept: {steps.log_path}"
+            f"kernel config options did not stick (missing dependencies?): {'; '.join(problems)}; "
+            f"log kept: {steps.log_path}"
         )
     return final
 
@@ -208,7 +214,7 @@ def build(inputs: BuildInputs, out_dir: Path, cache_root: Path = DEFAULT_CACHE, 
         fcntl.flock(lock, fcntl.LOCK_EX)
         manifest = _cached_manifest(build_dir)
         cached = manifest is not None
-        if cached:
+        if manifest is not None:
             progress.stage(f"kernel: {recipe.name} is up to date (cache {build_dir})")
         else:
             check_tools(recipe.formats)
@@ -261,7 +267,8 @@ def _manifest(inputs: BuildInputs, tree: Path, release: str, files: list[Path], 
         "source": {"tarball": inputs.tarball.name, "sha256": inputs.tarball_sha256,
                    "debian_package": recipe.source.debian_package},
         "patches": [
-            {"name": name, "sha256": sha, **{k: v for k, v in parse_patch(read_patch(path), name).to_dict().items() if k != "name"}}
+            {"name": name, "sha256": sha,
+             **{k: v for k, v in parse_patch(read_patch(path), name).to_dict().items() if k != "name"}}
             for name, path, sha in inputs.patches
         ],
         "config": {
@@ -273,7 +280,8 @@ def _manifest(inputs: BuildInputs, tree: Path, release: str, files: list[Path], 
         "localversion": recipe.localversion,
         "formats": recipe.formats,
         "packages": [
-            {"file": str(f.relative_to(build_dir)), "name": f.name, "sha256": sha256_file(f)[0], "size": f.stat().st_size}
+            {"file": str(f.relative_to(build_dir)), "name": f.name, "sha256": sha256_file(f)[0],
+             "size": f.stat().st_size}
             for f in files
         ],
     }

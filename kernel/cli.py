@@ -82,7 +82,9 @@ def probe(directory: Path, as_json: bool) -> None:
         return
     yes = {True: "yes", False: "no"}
     vci = result.vci
-    kernel_line = f"yes (VCI {vci.get('version', '?')}; {', '.join(vci.get('features', [])) or 'no feature bits'})" if result.vserver else "no (/proc/virtual/info missing)"
+    features = ", ".join(vci.get("features", [])) or "no feature bits"
+    kernel_line = (f"yes (VCI {vci.get('version', '?')}; {features})" if result.vserver
+                   else "no (/proc/virtual/info missing)")
     click.echo(f"VServer kernel:      {kernel_line}")
     click.echo(f"filesystem:          {result.filesystem} ({directory})")
     click.echo(f"immutable flag:      {yes[result.immutable]}")
@@ -105,14 +107,16 @@ def test_ixunlink(recipe: Path | None, cache_dir: Path | None, timeout: int, as_
     report = run_ixunlink_test(recipe or DEFAULT_RECIPE, cache_dir or DEFAULT_CACHE, timeout, Progress())
     _print_report(report, as_json)
     if not report.ok:
-        raise ImageFactoryError(f"IXUNLINK test failed: {report.failed} rule(s) failed or the VM gave no summary; console log: {report.console_log}")
+        raise ImageFactoryError(f"IXUNLINK test failed: {report.failed} rule(s) failed or the VM gave no summary; "
+                                f"console log: {report.console_log}")
 
 
 @kernel.command("demo-unify")
 @click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Kernel recipe to build and boot (default: kernel/recipes/host-6.1.toml).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Kernel build cache.")
-@click.option("--suite", default="bookworm", show_default=True, help="Debian suite of the VM's root (needs python3 >= 3.11).")
+@click.option("--suite", default="bookworm", show_default=True,
+              help="Debian suite of the VM's root (needs python3 >= 3.11).")
 @click.option("--mirror", default=None, help="Debian mirror (default: the host's apt sources).")
 @click.option("--timeout", type=int, default=900, show_default=True, help="Seconds before the VM is killed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the parsed results as JSON.")
@@ -130,7 +134,8 @@ def demo_unify(recipe: Path | None, cache_dir: Path | None, suite: str, mirror: 
     report = run_unify_demo(recipe or DEFAULT_RECIPE, cache_dir or DEFAULT_CACHE, timeout, Progress(), suite, mirror)
     _print_report(report, as_json)
     if not report.ok:
-        raise ImageFactoryError(f"unify demo failed: {report.failed} step(s) failed or the VM gave no summary; console log: {report.console_log}")
+        raise ImageFactoryError(f"unify demo failed: {report.failed} step(s) failed or the VM gave no summary; "
+                                f"console log: {report.console_log}")
 
 
 def _print_report(report, as_json: bool) -> None:
@@ -139,4 +144,5 @@ def _print_report(report, as_json: bool) -> None:
         return
     for rule in report.rules:
         click.echo(f"{'PASS' if rule.ok else 'FAIL'}  {rule.name}: {rule.detail}")
-    click.echo(f"{report.passed} passed, {report.failed} failed  (kernel {report.kernel}, console log {report.console_log})")
+    click.echo(f"{report.passed} passed, {report.failed} failed  "
+               f"(kernel {report.kernel}, console log {report.console_log})")

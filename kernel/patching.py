@@ -48,7 +48,8 @@ def apply_patch(tree: Path, name: str, path: Path, log) -> None:
     output = trial.stdout.decode(errors="replace")
     log.write(f"$ patch -p1 --dry-run < {path}\n{output}")
     if trial.returncode != 0:
-        problems = parse_patch_failures(output) or [output.strip().splitlines()[-1] if output.strip() else f"exit {trial.returncode}"]
+        last = output.strip().splitlines()[-1] if output.strip() else f"exit {trial.returncode}"
+        problems = parse_patch_failures(output) or [last]
         raise RecipeError(f"patch {name} does not apply: {'; '.join(problems)}")
     real = _patch(tree, text)
     log.write(f"$ patch -p1 < {path}\n{real.stdout.decode(errors='replace')}")

@@ -86,6 +86,8 @@ def _source(data: dict, where: str, base: Path) -> SourceSpec:
         if not _DEBIAN_SOURCE.match(str(pkg)):
             raise RecipeError(f"{where}: [source] debian_package must look like linux-source-6.1, got {pkg!r}")
         return SourceSpec(debian_package=pkg, sha256=sha)
+    if not isinstance(tarball, str):
+        raise RecipeError(f"{where}: [source] tarball must be a string, got {tarball!r}")
     if _is_url(tarball):
         if sha is None:
             raise RecipeError(f"{where}: [source] a tarball URL needs its sha256")
@@ -138,7 +140,8 @@ def _config(data: dict, where: str, base: Path) -> tuple[str, list[Path], dict[s
     if config_base not in BASE_TARGETS:
         path = (base / config_base).resolve()
         if not path.is_file():
-            raise RecipeError(f"{where}: [config] base must be one of {', '.join(BASE_TARGETS)} or a config file; {path} does not exist")
+            raise RecipeError(f"{where}: [config] base must be one of {', '.join(BASE_TARGETS)} or a config file; "
+                              f"{path} does not exist")
         config_base = str(path)
     fragments, parsed = [], []
     for name in table.get("fragments", []):
@@ -170,11 +173,13 @@ def load_recipe(path: Path) -> KernelRecipe:
     name = data.get("name") or path.stem
     localversion = str(data.get("localversion", ""))
     if not _LOCALVERSION.match(localversion):
-        raise RecipeError(f"{where}: localversion may use only a-z 0-9 . + - (it ends up in package names), got {localversion!r}")
+        raise RecipeError(f"{where}: localversion may use only a-z 0-9 . + - (it ends up in package names), "
+                          f"got {localversion!r}")
     formats = _table(data, "package", where, {"formats"}).get("formats", ["deb"])
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
-        raise RecipeError(f"{where}: [package] formats must be a non-empty subset of {', '.join(FORMATS)}, got {formats!r}")
+        raise RecipeError(f"{where}: [package] formats must be a non-empty subset of {', '.join(FORMATS)}, "
+                          f"got {formats!r}")
     config_base, fragments, request = _config(data, where, base)
     if "CONFIG_LOCALVERSION" in request:
         raise RecipeError(f"{where}: set localversion in the recipe, not CONFIG_LOCALVERSION in a fragment")

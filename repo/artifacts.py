@@ -113,8 +113,9 @@ def deb_control(data: bytes) -> str:
         raise ValueError("no control.tar member")
     with tarfile.open(fileobj=io.BytesIO(debfile.decompress_member(name, members[name], "package"))) as tar:
         for member in tar.getmembers():
-            if member.name in ("control", "./control") and member.isfile():
-                return tar.extractfile(member).read().decode("utf-8").strip("\n")
+            handle = tar.extractfile(member) if member.name in ("control", "./control") else None
+            if handle is not None:
+                return handle.read().decode("utf-8").strip("\n")
     raise ValueError("control.tar has no control file")
 
 
@@ -206,7 +207,8 @@ def read_extra(path: Path) -> Extra:
 
 def _listed(extra: Extra) -> dict[str, str]:
     packages = extra.data.get("packages") if extra.data.get("schema") == KERNEL_MANIFEST_SCHEMA else None
-    return {p.get("name"): p.get("sha256") for p in packages or [] if isinstance(p, dict)}
+    return {p["name"]: p["sha256"] for p in packages or []
+            if isinstance(p, dict) and isinstance(p.get("name"), str) and isinstance(p.get("sha256"), str)}
 
 
 def with_kernel_manifests(artifacts: list) -> list:

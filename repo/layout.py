@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import os
 import shutil
@@ -182,7 +183,7 @@ def retained(published: dict[int, float], keep: int, grace: float, now: float) -
     """
     order = sorted(published)
     keep_set = set(order[-max(keep, 1):])
-    for older, newer in zip(order, order[1:]):
+    for older, newer in itertools.pairwise(order):
         if now - published[newer] < grace:
             keep_set.add(older)
     return keep_set

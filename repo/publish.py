@@ -42,7 +42,8 @@ class Plan:
 
 def plan_changes(state: dict, artifacts: list, replace: bool) -> Plan:
     """Decide per artifact: new, replacing, or already there (pure; raises on conflicts)."""
-    plan, seen = Plan(), {}
+    plan = Plan()
+    seen: dict[tuple[str, str], str] = {}  # (section, key) -> sha256
     for art in artifacts:
         section = SECTIONS[type(art)]
         ident = (section, art.key)

@@ -95,14 +95,14 @@ def pull(url: str, name: str, out_dir: Path, keyring: Path, version: str | None 
     stages = [staging_name(t) for t in targets]
     try:
         progress.stage(f"downloading {name} {version}")
-        for rel, stage in zip((image_rel, manifest_rel), stages):
+        for rel, stage in zip((image_rel, manifest_rel), stages, strict=True):
             if fetch(base + rel, stage, progress) != sums[rel]:
                 raise VerificationError(f"{base}{rel} does not match the signed SHA256SUMS; "
                                         "refusing it (nothing written)")
         manifest = json.loads(stages[1].read_text())
         if manifest.get("image", {}).get("sha256") != sums[image_rel]:
             raise VerificationError(f"{base}{manifest_rel} describes a different image; refusing it")
-        for stage, target in zip(stages, targets):
+        for stage, target in zip(stages, targets, strict=True):
             os.replace(stage, target)
     except BaseException:
         for stage in stages:

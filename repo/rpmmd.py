@@ -18,7 +18,7 @@ from pathlib import Path
 
 import zstandard
 
-from imagefactory.core.errors import EnvironmentProblem, ImageFactoryError
+from imagefactory.core.errors import EnvironmentProblem, ImageFactoryError, VerificationError
 
 NS = {"repo": "http://linux.duke.edu/metadata/repo", "common": "http://linux.duke.edu/metadata/common"}
 RPM_DIR = "rpm"
@@ -52,28 +52,45 @@ def repomd_data(repomd: bytes) -> dict[str, dict[str, str]]:
     root = ET.fromstring(repomd)
     out = {}
     for data in root.findall("repo:data", NS):
-        entry = {"href": data.find("repo:location", NS).get("href"),
-                 "checksum": data.findtext("repo:checksum", namespaces=NS),
-                 "checksum_type": data.find("repo:checksum", NS).get("type")}
+        kind = data.get("type", "")
+        where = f"repomd.xml entry {kind!r}"
+        checksum = _child(data, "repo:checksum", where)
+        entry = {"href": _attr(_child(data, "repo:location", where), "href", where),
+                 "checksum": checksum.text or "", "checksum_type": checksum.get("type", "")}
         open_checksum = data.find("repo:open-checksum", NS)
         if open_checksum is not None:
-            entry["open_checksum"] = open_checksum.text
+            entry["open_checksum"] = open_checksum.text or ""
         size = data.findtext("repo:size", namespaces=NS)
         if size:
             entry["size"] = size
-        out[data.get("type")] = entry
+        out[kind] = entry
     return out
+
+
+def _child(elem: ET.Element, path: str, where: str) -> ET.Element:
+    found = elem.find(path, NS)
+    if found is None:
+        raise VerificationError(f"{where} has no {path.partition(':')[2]}")
+    return found
+
+
+def _attr(elem: ET.Element, name: str, where: str) -> str:
+    value = elem.get(name)
+    if value is None:
+        raise VerificationError(f"{where}: {elem.tag.rpartition('}')[2]} has no {name}")
+    return value
 
 
 def primary_packages(primary_xml: bytes) -> list[dict[str, str]]:
     root = ET.fromstring(primary_xml)
     packages = []
     for pkg in root.findall("common:package", NS):
-        checksum = pkg.find("common:checksum", NS)
-        packages.append({"name": pkg.findtext("common:name", namespaces=NS),
-                         "href": pkg.find("common:location", NS).get("href"),
-                         "checksum_type": checksum.get("type"), "checksum": checksum.text,
-                         "size": pkg.find("common:size", NS).get("package")})
+        where = f"primary.xml package {pkg.findtext('common:name', '?', NS)!r}"
+        checksum = _child(pkg, "common:checksum", where)
+        packages.append({"name": pkg.findtext("common:name", "", NS),
+                         "href": _attr(_child(pkg, "common:location", where), "href", where),
+                         "checksum_type": _attr(checksum, "type", where), "checksum": checksum.text or "",
+                         "size": _attr(_child(pkg, "common:size", where), "package", where)})
     return packages
 
 

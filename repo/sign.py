@@ -105,7 +105,8 @@ class Signer:
         elif self.key_id:
             self.fingerprint = _secret_fingerprint(self.env, self.key_id)
         else:
-            raise SigningKeyError("no signing key configured; run `imagefactory repo init --key KEYID | --key-file FILE`")
+            raise SigningKeyError("no signing key configured; "
+                                  "run `imagefactory repo init --key KEYID | --key-file FILE`")
         return self
 
     def __exit__(self, *exc: object) -> None:

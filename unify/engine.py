@@ -41,9 +41,10 @@ from imagefactory.core.errors import EnvironmentProblem, ImageFactoryError
 from imagefactory.core.progress import Progress
 from unify import index, probe
 from unify.exclude import Matcher, load_rules
+from unify.ownership import config_files
 from unify.protect import MODES, WARNINGS, Protection
 from unify.store import CHUNK, Store, entry_key, entry_name, hash_fd, meta_of, read_xattrs, same_content
-from unify.walk import FILE_FLAGS, TMP_PREFIX, FileRef, Stat, config_files, open_dir, open_root, walk
+from unify.walk import FILE_FLAGS, TMP_PREFIX, FileRef, Stat, open_dir, open_root, walk
 
 GROUP_ROWS = 20_000  # index rows per linking chunk: bounds memory and the data one syncfs flushes
 
@@ -134,11 +135,11 @@ def _syncfs(path: Path) -> None:
         os.close(fd)
 
 
-def _fingerprint(st) -> tuple:
+def _fingerprint(st: os.stat_result | Stat) -> tuple:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _unchanged(now: os.stat_result, then, fd: int, metakey: str, ignore_mtime: bool) -> bool:
+def _unchanged(now: os.stat_result, then: os.stat_result | Stat, fd: int, metakey: str, ignore_mtime: bool) -> bool:
     """Is the open file still the one we hashed? A ctime-only change (a new hard link to the
     same inode, e.g. its twin in the same guest was just unified) is fine if the metadata
     key still matches; the content is byte-compared separately."""
@@ -206,8 +207,9 @@ class Unifier:
 
     @property
     def protection(self) -> Protection:
-        """The mode's protection (a real run always has one; only dry runs may lack a mode)."""
-        assert self.prot is not None
+        """The mode's protection: only a run with a sharing mode creates or links entries."""
+        if self.prot is None:
+            raise ImageFactoryError("no usable sharing mode: nothing can be created or linked")
         return self.prot
 
     # -- phase 2: walk, decide by stat, hash what changed -----------------------------------------

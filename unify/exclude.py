@@ -11,11 +11,7 @@ would make every edit fail.
 from __future__ import annotations
 
 import fnmatch
-import os
 import re
-import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -70,7 +66,9 @@ class Matcher:
         if self._regex is None:
             return None
         m = self._regex.match(path)
-        return self.rules[int(m.lastgroup[1:])].verdict if m else None
+        if m is None or m.lastgroup is None:
+            return None
+        return self.rules[int(m.lastgroup[1:])].verdict
 
     def verdict(self, path: str, inside_excluded: bool) -> Verdict:
         """First match wins; unmatched paths inherit their directory's exclusion."""
@@ -99,33 +97,3 @@ def load_rules(guest_root: Path, exclude_file: Path | None = None) -> list[Rule]
         if path.is_file():
             return parse_rules(path.read_text(), str(path))
     raise RecipeError(f"exclude list not found: {exclude_file}")
-
-
-def parse_conffiles(text: str) -> set[str]:
-    """dpkg info/<pkg>.conffiles: one absolute path per line (newer dpkg may append flags)."""
-    out = set()
-    for line in text.splitlines():
-        path = line.strip().split(" ", 1)[0]
-        if path.startswith("/"):
-            out.add(path)
-    return out
-
-
-def rpm_config_files(db_fd: int) -> set[str]:
-    """`rpm -qac` on a private copy of a guest's rpm database (db_fd: its directory, opened safely).
-
-    rpm would create lock files in, and follow symlinks inside, a database
-    directory it is pointed at; a copy of the regular files taken with
-    O_NOFOLLOW leaves the hostile guest nothing to redirect.
-    """
-    if shutil.which("rpm") is None:
-        return set()
-    with tempfile.TemporaryDirectory(prefix="imagefactory-rpmdb-") as tmp:
-        for e in os.scandir(db_fd):
-            if e.is_file(follow_symlinks=False):
-                src = os.open(e.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=db_fd)
-                with open(src, "rb") as f, open(os.path.join(tmp, e.name), "wb") as out:
-                    shutil.copyfileobj(f, out)
-        proc = subprocess.run(["rpm", "--dbpath", tmp, "-qac"], capture_output=True, text=True,
-                              errors="surrogateescape")
-    return {line for line in proc.stdout.splitlines() if line.startswith("/")}

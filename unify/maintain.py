@@ -9,11 +9,11 @@ the per-guest indexes say which entries they were cloned from.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from imagefactory.core.errors import ImageFactoryError
 from unify import index, probe
@@ -148,7 +148,7 @@ def split(root: Path, store_dir: Path, ioctl=None) -> dict:
     """
     store = _open_store(store_dir)
     prot = Protection("hardlink", ioctl) if ioctl else Protection("hardlink")
-    out: dict[str, Any] = {"guest": str(root), "copied": 0, "bytes": 0, "failed": 0}
+    copied = copied_bytes = 0
     with store.locked():
         by_inode = {}
         if store.info().get("mode") != "reflink":  # reflink guests already own their inodes
@@ -164,7 +164,7 @@ def split(root: Path, store_dir: Path, ioctl=None) -> dict:
                 with contextlib.suppress(OSError):
                     dfd = open_dir(root_fd, dir_rel)
                     try:
-                        _unprotected(dfd, name, prot, lambda n=name, d=dfd: os.unlink(n, dir_fd=d))
+                        _unprotected(dfd, name, prot, functools.partial(os.unlink, name, dir_fd=dfd))
                     finally:
                         os.close(dfd)
             for ref in shared:
@@ -172,14 +172,13 @@ def split(root: Path, store_dir: Path, ioctl=None) -> dict:
                 try:
                     _private_copy(root_fd, ref, entry.path, prot)
                 except OSError as exc:
-                    out["failed"] += 1
                     raise ImageFactoryError(f"split {root}/{ref.rel}: {exc.strerror}") from None
-                out["copied"] += 1
-                out["bytes"] += ref.st.st_size
+                copied += 1
+                copied_bytes += ref.st.st_size
         finally:
             os.close(root_fd)
         index.remove(store.root, root)
-    return out
+    return {"guest": str(root), "copied": copied, "bytes": copied_bytes, "failed": 0}
 
 
 def _unprotected(dfd: int, name: str, prot: Protection, action) -> None:

@@ -217,11 +217,12 @@ class Store:
         """Every entry with its link count (nlink - 1 = guest links in hardlink-sharing modes)."""
         for name in sorted(self.names()):
             path = self.path_of(name)
+            parsed = parse_entry_name(name)
+            if parsed is None:
+                continue
+            digest, metakey, size = parsed
             with contextlib.suppress(FileNotFoundError):
                 st = os.lstat(path)
-                parsed = parse_entry_name(name)
-                assert parsed is not None  # names() lists parseable names only
-                digest, metakey, size = parsed
                 yield StoreEntry(name, path, digest, metakey, size, st.st_nlink, st.st_ino, copy_of(name))
 
     def clean_tmp(self) -> int:

@@ -8,20 +8,23 @@ entered: nothing there can be linked to the store anyway.
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import os
 import stat
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from imagefactory.core.errors import UnsafeInput
-from unify.exclude import Matcher, Verdict, parse_conffiles, rpm_config_files
+from imagefactory.core.errors import ImageFactoryError, UnsafeInput
+from unify.exclude import Matcher, Verdict
 
 TMP_PREFIX = ".ifunify-"  # temporary names in guest directories; removed by the next run
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+RACES = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ESTALE)  # a name replaced while we walked
+MAX_DEPTH = 512  # walk_all: deeper trees are hostile (and would exhaust file descriptors)
 
 
 class Stat(NamedTuple):
@@ -78,27 +81,13 @@ def open_dir(root_fd: int, rel: str) -> int:
     return fd
 
 
-def config_files(root_fd: int) -> set[str]:
-    """Guest-absolute paths of package-manager config files (dpkg conffiles, RPM %config)."""
-    out: set[str] = set()
-    with contextlib.suppress(OSError):
-        fd = open_dir(root_fd, "var/lib/dpkg/info")
-        try:
-            for e in os.scandir(fd):
-                if e.name.endswith(".conffiles") and e.is_file(follow_symlinks=False):
-                    ffd = os.open(e.name, FILE_FLAGS, dir_fd=fd)
-                    with open(ffd, "rb") as f:
-                        out |= parse_conffiles(os.fsdecode(f.read(1 << 20)))
-        finally:
-            os.close(fd)
-    for rel in ("usr/lib/sysimage/rpm", "var/lib/rpm"):
-        with contextlib.suppress(OSError):
-            fd = open_dir(root_fd, rel)
-            try:
-                out |= rpm_config_files(fd)
-            finally:
-                os.close(fd)
-    return out
+def open_guest_dir(root: Path, rel: str) -> int:
+    """A directory fd inside a guest, reached from its root path without following any symlink."""
+    root_fd = open_root(root)
+    try:
+        return open_dir(root_fd, rel)
+    finally:
+        os.close(root_fd)
 
 
 def walk(
@@ -178,5 +167,53 @@ def _walk_dir(guest, fd, rel, inside_excluded, root_dev, matcher, min_size, conf
                 counts["other_fs"] += 1
                 continue
             _walk_dir(guest, sub, path[1:], excl, root_dev, matcher, min_size, conffiles, counts, leftovers, out)
+        finally:
+            os.close(sub)
+
+
+def walk_all(root: Path) -> Iterator[tuple[int, str, str, os.stat_result]]:
+    """Yield (dir_fd, name, relpath, lstat) for root ("/", dir_fd -1) and everything below it.
+
+    Every entry, not just eligible files: the report counts directories and symlinks as du
+    does. dir_fd stays open while the caller handles the entry, so a file can be opened
+    relative to it without resolving any path again. Directories on another device (mounts
+    inside a running guest: /proc, /sys) are listed but not entered.
+    """
+    try:
+        fd = os.open(root, DIR_FLAGS)
+    except OSError as exc:
+        raise ImageFactoryError(f"{root}: not a readable directory ({exc.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        yield -1, "", "/", st
+        yield from _walk_all(fd, "", st.st_dev, 0)
+    finally:
+        os.close(fd)
+
+
+def _walk_all(fd: int, rel: str, dev: int, depth: int) -> Iterator[tuple[int, str, str, os.stat_result]]:
+    if depth > MAX_DEPTH:
+        raise UnsafeInput(f"directory nesting deeper than {MAX_DEPTH} levels at {rel}")
+    subdirs = []
+    with os.scandir(fd) as it:
+        for entry in it:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            path = f"{rel}/{entry.name}"
+            yield fd, entry.name, path, st
+            if stat.S_ISDIR(st.st_mode) and st.st_dev == dev:
+                subdirs.append((entry.name, path, st.st_ino))
+    for name, path, ino in subdirs:
+        try:
+            sub = os.open(name, DIR_FLAGS, dir_fd=fd)
+        except OSError as exc:
+            if exc.errno in RACES:
+                continue  # replaced while we walked: not a directory of this tree any more
+            raise
+        try:
+            if os.fstat(sub).st_ino == ino:
+                yield from _walk_all(sub, path, dev, depth + 1)
         finally:
             os.close(sub)

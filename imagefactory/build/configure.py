@@ -71,7 +71,7 @@ def customize(root: Path, recipe: Recipe, env: dict[str, str]) -> None:
                 target.unlink()
             target.write_text(step.content)
             target.chmod(step.mode)
-        else:
+        elif step.run is not None:
             chroot.run(root, ["/bin/sh", "-c", step.run], env, f"customize step {step.run!r}")
 
 

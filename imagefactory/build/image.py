@@ -15,6 +15,7 @@ import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, cast
 
 import zstandard
 
@@ -89,7 +90,8 @@ def write_image(root: Path, target: Path, epoch: int, threads: int = -1,
     rootb = os.fsencode(root)
     with open(target, "wb") as raw:
         hw = _HashingWriter(raw)
-        with cctx.stream_writer(hw, closefd=False) as zw:
+        # zstandard only calls write() and flush() on its sink; _HashingWriter has both.
+        with cctx.stream_writer(cast(IO[bytes], hw), closefd=False) as zw:
             with tarfile.open(fileobj=zw, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8",
                               errors="surrogateescape") as tar:
                 for rel, st in walk_sorted(root):

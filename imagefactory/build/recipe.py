@@ -86,7 +86,7 @@ def _check_types(data: dict[str, Any], where: str) -> None:
         want = SCHEMA[key][0]
         if not isinstance(value, want) or (want is str and isinstance(value, bool)):
             raise RecipeError(f"{where}: key {key!r} must be a {want.__name__}, not {type(value).__name__}")
-        if want is list and key != "customize" and not all(isinstance(v, str) for v in value):
+        if isinstance(value, list) and key != "customize" and not all(isinstance(v, str) for v in value):
             raise RecipeError(f"{where}: key {key!r} must be a list of strings")
     for i, step in enumerate(data.get("customize", [])):
         here = f"{where}: customize[{i}]"

@@ -171,7 +171,9 @@ def seed(source, name, vdir, confdir, address, dev, hostname, memory, cpu, do_un
         progress = Progress(quiet=quiet)
         image = resolve_source(source, repo, keyring, cache, progress)
         result = seed_image(image, guest, replace=replace, progress=progress)
-        unified = run_unify(result, guest.confdir, guest.store, unify_mode, progress) if do_unify else None
+        unified = None
+        if do_unify and guest.store is not None:
+            unified = run_unify(result, guest.confdir, guest.store, unify_mode, progress)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if as_json:

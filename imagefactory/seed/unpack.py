@@ -11,6 +11,7 @@ nodes).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import posixpath
@@ -59,7 +60,7 @@ def load_manifest(image: Path) -> dict:
     return manifest
 
 
-def verify(fileobj: BinaryIO, manifest: dict, label: str) -> None:
+def verify(fileobj: io.BufferedIOBase, manifest: dict, label: str) -> None:
     """Check size and SHA-256 of an open image against its manifest."""
     expected = manifest["image"]
     size = os.fstat(fileobj.fileno()).st_size

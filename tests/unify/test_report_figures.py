@@ -11,7 +11,8 @@ import pytest
 
 from tests.support import need_tool
 from tests.support.report import SIZES, build_fixture, du, du_total
-from unify.report.measure import link_histogram, measure
+from unify.report.figures import link_histogram
+from unify.report.measure import measure
 
 
 def blocks(path: Path) -> int:

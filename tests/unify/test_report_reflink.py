@@ -16,7 +16,8 @@ from tests.support import need_tool
 from tests.support.report import build_copies, du, du_total
 from unify import index as uindex
 from unify.probe import clone_file
-from unify.report.measure import measure, what_if
+from unify.report.measure import measure
+from unify.report.whatif import what_if
 
 pytestmark = pytest.mark.root
 

@@ -12,7 +12,8 @@ import pytest
 
 from tests.support import need_tool
 from tests.support.report import MTIME, build_copies, du_total
-from unify.report.measure import measure, what_if
+from unify.report.measure import measure
+from unify.report.whatif import what_if
 
 
 def blocks(path: Path) -> int:

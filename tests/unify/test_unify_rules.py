@@ -6,7 +6,8 @@ import pytest
 
 from imagefactory.core.errors import RecipeError
 from unify import probe
-from unify.exclude import DEFAULT_LIST, Matcher, Rule, Verdict, parse_conffiles, parse_rules
+from unify.exclude import DEFAULT_LIST, Matcher, Rule, Verdict, parse_rules
+from unify.ownership import parse_conffiles
 from unify.store import Meta, entry_name, parse_entry_name
 
 VS_INFO = "VCIVersion:\t0002:0308\nVCISyscall:\t236\nVCIKernel:\t00011d11\n"

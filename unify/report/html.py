@@ -11,7 +11,7 @@ import html
 import math
 
 from imagefactory.core.units import human
-from unify.report.measure import FileItem, Report
+from unify.report.model import FileItem, Report
 
 PRIVATE, SHARED, WITHOUT, WITH = "#c8553d", "#2a9d8f", "#c8553d", "#2a9d8f"
 
@@ -79,7 +79,7 @@ def bar_chart(report: Report, width: int = 1080, height: int = 380) -> str:
     longest = max((len(_short(g.name)) for g in guests), default=1)
     left, top_pad = 78, 12
     bottom = 28 + int(longest * 7 * 0.65) if len(guests) <= 40 else 40  # rotated labels need room
-    ymax = max((g.disk_bytes for g in guests), default=0) or 1
+    ymax: float = max((g.disk_bytes for g in guests), default=0) or 1
     parts, ymax = _axes(width, height, left, bottom, top_pad, ymax)
     plot_w, plot_h = width - left - 20, height - bottom - top_pad
     slot = plot_w / max(len(guests), 1)
@@ -94,14 +94,15 @@ def bar_chart(report: Report, width: int = 1080, height: int = 380) -> str:
                  f"({100 * g.share_ratio:.1f}%)")
         parts.append(f'<g><title>{tip}</title>'
                      f'<rect x="{x:.1f}" y="{y0 - hp:.1f}" width="{bar:.1f}" height="{hp:.1f}" fill="{PRIVATE}"/>'
-                     f'<rect x="{x:.1f}" y="{y0 - hp - hs:.1f}" width="{bar:.1f}" height="{hs:.1f}" fill="{SHARED}"/></g>')
+                     f'<rect x="{x:.1f}" y="{y0 - hp - hs:.1f}" width="{bar:.1f}" height="{hs:.1f}" '
+                     f'fill="{SHARED}"/></g>')
         if len(guests) <= 40:
             cx = x + bar / 2
             parts.append(f'<text x="{cx:.1f}" y="{y0 + 14}" text-anchor="end" '
                          f'transform="rotate(-40 {cx:.1f} {y0 + 14})">{_e(_short(g.name))}</text>')
         elif i % every == 0 or i == len(guests) - 1:
             parts.append(f'<text x="{x + bar / 2:.1f}" y="{y0 + 16}" text-anchor="middle">{i + 1}</text>')
-    parts.append(f'<line x1="{left}" x2="{width - 10}" y1="{top_pad + plot_h}" y2="{top_pad + plot_h}" stroke="#8895a3"/>')
+    parts.append(_baseline(left, width, top_pad + plot_h))
     return _svg(width, height, "Private and shared bytes per guest", parts)
 
 
@@ -118,22 +119,28 @@ def curve_chart(report: Report, width: int = 1080, height: int = 380) -> str:
         x = left + 10 + (plot_w - 10) * (i / (n - 1) if n > 1 else 0.5)
         return x, top_pad + plot_h - plot_h * value / ymax
 
-    for key, colour, label in (("without_bytes", WITHOUT, "without unification"), ("with_bytes", WITH, "with unification")):
+    for key, colour, label in (("without_bytes", WITHOUT, "without unification"),
+                               ("with_bytes", WITH, "with unification")):
         coords = [xy(i, p[key]) for i, p in enumerate(points)]
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2.5" '
                      f'points="{" ".join(f"{x:.1f},{y:.1f}" for x, y in coords)}"/>')
         radius = 3.5 if n <= 60 else 2
-        for (x, y), p in zip(coords, points):
+        for (x, y), p in zip(coords, points, strict=True):
             tip = _e(f"{p['guests']} guests ({p['name']}): {label} {human(p[key])}")
-            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{radius}" fill="{colour}"><title>{tip}</title></circle>')
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{radius}" fill="{colour}">'
+                         f'<title>{tip}</title></circle>')
     every = max(1, math.ceil(n / 20))
     for i in range(n):
         if i % every == 0 or i == n - 1:
             x, _ = xy(i, 0)
             parts.append(f'<text x="{x:.1f}" y="{top_pad + plot_h + 16}" text-anchor="middle">{i + 1}</text>')
     parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{height - 8}" text-anchor="middle">guests</text>')
-    parts.append(f'<line x1="{left}" x2="{width - 10}" y1="{top_pad + plot_h}" y2="{top_pad + plot_h}" stroke="#8895a3"/>')
+    parts.append(_baseline(left, width, top_pad + plot_h))
     return _svg(width, height, "Cumulative disk use with and without unification", parts)
+
+
+def _baseline(left: int, width: int, y: float) -> str:
+    return f'<line x1="{left}" x2="{width - 10}" y1="{y}" y2="{y}" stroke="#8895a3"/>'
 
 
 def _svg(width: int, height: int, title: str, parts: list[str]) -> str:
@@ -176,7 +183,8 @@ def render_html(report: Report, top: int = 20) -> str:
         ("Without unification", human(t["without_unification_bytes"]), "sum of each guest's du -s"),
         ("After unification" if what_if else "Real disk use", human(t["disk_bytes"]),
          "if unified now" if what_if else "each inode once (du -s over all)"),
-        ("Saved", f"{human(t['saved_bytes'])} ({t['saved_percent']:.1f}%)", f"{t['guests']} guests, {t['files']:,} files"),
+        ("Saved", f"{human(t['saved_bytes'])} ({t['saved_percent']:.1f}%)",
+         f"{t['guests']} guests, {t['files']:,} files"),
     ]
     if report.store is not None:
         cards.append(("Store entries", f"{report.store.entries:,}", f"{report.store.orphans:,} with no guest link"))
@@ -190,18 +198,21 @@ def render_html(report: Report, top: int = 20) -> str:
         f'<p class="sub">{"What unifying these roots would save" if what_if else _e(report.mode) + " sharing"}'
         f" · {t['guests']} guests · schema {_e(1)}</p>",
         '<div class="cards">'
-        + "".join(f'<div class="card"><span>{_e(a)}</span><b>{_e(b)}</b><span>{_e(c)}</span></div>' for a, b, c in cards)
+        + "".join(f'<div class="card"><span>{_e(a)}</span><b>{_e(b)}</b><span>{_e(c)}</span></div>'
+                  for a, b, c in cards)
         + "</div>",
         "<h2>Per guest</h2>",
         f'<div class="legend"><span><i class="sw" style="background:{PRIVATE}"></i>private</span>'
-        f'<span><i class="sw" style="background:{SHARED}"></i>{"would be shared" if what_if else "shared through the store"}'
+        f'<span><i class="sw" style="background:{SHARED}"></i>'
+        f'{"would be shared" if what_if else "shared through the store"}'
         "</span></div>",
         bar_chart(report),
         "<h2>Cumulative disk use</h2>",
         f'<div class="legend"><span><i class="sw" style="background:{WITHOUT}"></i>without unification</span>'
         f'<span><i class="sw" style="background:{WITH}"></i>with unification</span></div>',
         curve_chart(report),
-        f'<p class="note">Guests in the order given{"" if what_if else "; with unification includes the store overhead"}.</p>',
+        '<p class="note">Guests in the order given'
+        f'{"" if what_if else "; with unification includes the store overhead"}.</p>',
         "<h2>Guests</h2>",
         _table(
             [("Guest", False), ("Files", True), ("Apparent", True), ("Disk alone", True), ("Private", True),
@@ -220,14 +231,16 @@ def render_html(report: Report, top: int = 20) -> str:
             _table([("Figure", False), ("Size", True), ("Bytes", True)],
                    [[(a, ""), (human(b), "n"), (f"{b:,}", "n")] for a, b in totals])]
     if report.mode == "reflink":
-        out.append(f'<p class="note">du counts reflinked extents once per file and reports {human(t["du_disk_bytes"])}.</p>')
+        out.append('<p class="note">du counts reflinked extents once per file and reports '
+                   f'{human(t["du_disk_bytes"])}.</p>')
     s = report.store
     if s is not None:
         out += [f"<h2>Store</h2><p>{_e(s.path)}: {s.entries:,} entries, {_e(human(s.disk_bytes))} on disk.</p>"]
         if report.mode == "inode":
             out.append(_table(
                 [("Links", False), ("Entries", True), ("Disk", True)],
-                [[(str(h["min_links"]) if h["min_links"] == h["max_links"] else f"{h['min_links']}–{h['max_links']}", ""),
+                [[(str(h["min_links"]) if h["min_links"] == h["max_links"]
+                   else f"{h['min_links']}–{h['max_links']}", ""),
                   (f"{h['entries']:,}", "n"), (human(h["disk_bytes"]), "n")] for h in s.link_histogram],
             ))
     if report.top_shared:
@@ -244,7 +257,7 @@ def render_html(report: Report, top: int = 20) -> str:
             f"{_e(human(lib['page_cache_saved_bytes']))} less.</p>"]
     if lib["top"]:
         out.append(_files_table([FileItem(**i) for i in lib["top"][:top]], saved=True))
-    private = sorted((i for g in report.guests for i in g.largest_private), key=lambda i: (-i.disk_bytes, i.guest, i.path))
+    private = report.largest_private()
     if private:
         out += ["<h2>Largest private files</h2>", '<p class="note">What keeps guests from sharing more.</p>',
                 _files_table(private[:top], saved=False)]

@@ -128,7 +128,7 @@ class DebianBackend:
         jobs = [(index_url(mirror, recipe.suite, rel, n), rel.files[n].sha256, rel.files[n].size,
                  opts.cache_dir, n) for n in names]
         with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
-            for result in pool.map(_fetch_index, *zip(*jobs)):
+            for result in pool.map(_fetch_index, *zip(*jobs, strict=True)):
                 packages += result
         progress.stage(f"resolve: {len(packages)} packages in the index, variant {recipe.variant}")
         universe = Universe(packages, recipe.architecture)

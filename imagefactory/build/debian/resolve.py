@@ -41,6 +41,12 @@ class Rel:
     def __str__(self) -> str:
         return f"{self.name} ({self.op} {self.version})" if self.op else self.name
 
+    def allows(self, version: str | None) -> bool:
+        """Does a package (or a Provides:) at `version` satisfy this relation? None: unversioned."""
+        if self.op is None or self.version is None:
+            return True
+        return version is not None and version_satisfies(version, self.op, self.version)
+
 
 @cache
 def _split(v: str) -> tuple[int, str, str]:
@@ -144,11 +150,11 @@ class Universe:
         """Packages that would satisfy rel: the real package, then providers."""
         out = []
         real = self.candidates.get(rel.name)
-        if real and (rel.op is None or version_satisfies(real.version, rel.op, rel.version)):
+        if real and rel.allows(real.version):
             out.append(real)
         provs = [
             p for p, pv in self.providers.get(rel.name, [])
-            if rel.op is None or (pv is not None and version_satisfies(pv, rel.op, rel.version))
+            if rel.allows(pv)
         ]
         provs.sort(key=lambda p: (PRIORITY_RANK.get(p.priority, 9), p.name))
         return out + [p for p in provs if p not in out]
@@ -179,7 +185,7 @@ def resolve(universe: Universe, requested: list[str], where: str = "the archive"
 
     def satisfied(rel: Rel) -> bool:
         real = chosen.get(rel.name)
-        if real and (rel.op is None or version_satisfies(real.version, rel.op, rel.version)):
+        if real and rel.allows(real.version):
             return True
         return any(p.name in chosen and chosen[p.name] is p for p in universe.matches(rel) if p.name != rel.name)
 

@@ -8,14 +8,14 @@ contributes its mandatory and default packages, never the optional ones.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from typing import BinaryIO
 
+from imagefactory.build.rpm.primary import ByteStream
 from imagefactory.core.errors import VerificationError
 
 VARIANT_GROUPS = {"minimal": ("core",), "standard": ("core", "standard")}
 
 
-def group_packages(stream: BinaryIO, groups: tuple[str, ...], origin: str = "comps.xml") -> list[str]:
+def group_packages(stream: ByteStream, groups: tuple[str, ...], origin: str = "comps.xml") -> list[str]:
     """Mandatory and default packages of the named groups, in order, without duplicates."""
     try:
         root = ET.parse(stream).getroot()

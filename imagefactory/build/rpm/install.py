@@ -85,7 +85,7 @@ def file_list(path: Path) -> list[tuple[str, int]]:
     names = [b.decode() for b in _as_tuple(h.get("basenames"))]
     index = _as_tuple(h.get("dirindexes"))
     flags = _as_tuple(h.get("fileflags"))
-    return [(dirs[i] + n, f) for n, i, f in zip(names, index, flags)]
+    return [(dirs[i] + n, f) for n, i, f in zip(names, index, flags, strict=False)]
 
 
 def excluded(paths: Iterable[str], patterns: tuple[str, ...]) -> list[str]:

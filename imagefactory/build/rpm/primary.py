@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import lzma
 import pickle
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 import zstandard
 
@@ -66,7 +67,12 @@ class Package:
         return f"{self.name}-{self.evr}.{self.arch}"
 
 
-def open_decompressed(path: Path, name: str) -> BinaryIO:
+# What open_decompressed returns: a readable binary stream (gzip/lzma/bz2 files are io classes,
+# zstandard's reader and plain files are typing.IO).
+ByteStream = IO[bytes] | io.BufferedIOBase
+
+
+def open_decompressed(path: Path, name: str) -> ByteStream:
     """A stream of the uncompressed file, chosen by the published name's suffix."""
     if name.endswith(".gz"):
         return gzip.open(path, "rb")
@@ -104,7 +110,7 @@ def _package(elem: ET.Element, seen: dict) -> Package:
     size = elem.find(COMMON + "size")
     fmt = elem.find(COMMON + "format")
     name = elem.findtext(COMMON + "name")
-    if None in (ver, loc, csum, size, fmt) or not name or not loc.get("href"):
+    if ver is None or loc is None or csum is None or size is None or fmt is None or not name or not loc.get("href"):
         raise ValueError(f"package {name or '?'} lacks version, location, checksum, size or format")
     return Package(
         name=name,
@@ -123,7 +129,7 @@ def _package(elem: ET.Element, seen: dict) -> Package:
     )
 
 
-def iter_packages(stream: BinaryIO, arches: frozenset[str], origin: str = "primary.xml") -> Iterator[Package]:
+def iter_packages(stream: ByteStream, arches: frozenset[str], origin: str = "primary.xml") -> Iterator[Package]:
     """Yield the packages of the given architectures, one element in memory at a time."""
     try:
         seen: dict = {}

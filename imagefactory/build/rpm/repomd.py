@@ -66,7 +66,7 @@ def parse_repomd(data: bytes) -> Repomd:
                 type=kind,
                 href=safe_href(loc.get("href", ""), f"repomd.xml entry {kind!r}"),
                 checksum_type=csum.get("type", ""),
-                checksum=csum.text.strip().lower(),
+                checksum=(csum.text or "").strip().lower(),
                 size=int(size_text) if size_text else None,
                 timestamp=int(float(d.findtext(REPO + "timestamp") or 0)),
             )

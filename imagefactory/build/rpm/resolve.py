@@ -138,9 +138,11 @@ class Universe:
                 self.provides.setdefault(d.name, []).append((p, d))
             for f in p.files:
                 self.files.setdefault(f, []).append(p)
-        newest_first = cmp_to_key(lambda a, b: evrcmp(b.evr, a.evr) or (a.arch == "noarch") - (b.arch == "noarch"))
+        def newer(a: Package, b: Package) -> int:
+            return evrcmp(b.evr, a.evr) or (a.arch == "noarch") - (b.arch == "noarch")
+
         for group in self.by_name.values():  # newest first; x86_64 before noarch at equal EVR
-            group.sort(key=newest_first)
+            group.sort(key=cmp_to_key(newer))
 
     def what_provides(self, dep: Dep) -> list[Package]:
         """Packages satisfying a simple (non-rich) dependency."""
@@ -164,10 +166,11 @@ class _Solver:
     def chain(self, name: str) -> str:
         """How a chosen package came in: "recipe asks for 'a' -> a-1-1.x86_64 requires 'b' -> ..."."""
         links = []
-        while name is not None:
-            parent, req = self.why[name]
-            links.append((req, self.chosen[name].nevra))
-            name = parent
+        node: str | None = name
+        while node is not None:
+            parent, req = self.why[node]
+            links.append((req, self.chosen[node].nevra))
+            node = parent
         links.reverse()
         return f"recipe asks for {links[0][0]!r} -> {links[0][1]}" + "".join(
             f" requires {req!r} -> {nevra}" for req, nevra in links[1:])
@@ -202,8 +205,9 @@ class _Solver:
         if isinstance(node, Dep):
             found = self.u.what_provides(node)
         else:  # with / without: one package must match all / the first but not the rest
-            first, rest = node.args[0], node.args[1:]
-            if not isinstance(first, Dep) or not all(isinstance(r, Dep) for r in rest):
+            first = node.args[0]
+            rest = [r for r in node.args[1:] if isinstance(r, Dep)]
+            if not isinstance(first, Dep) or len(rest) != len(node.args) - 1:
                 return []
             found = [p for p in self.u.what_provides(first)
                      if all((p in self.u.what_provides(r)) == (node.op == "with") for r in rest)]
