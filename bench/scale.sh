@@ -9,8 +9,9 @@
 # them shared with a quarter of the other guests). Then, in one run and on the same trees:
 #   hardlink -c -n (the anchor), unify -n (first run, no store), unify (real, hardlink mode),
 #   unify again (unchanged), unify after 1 % of every guest's files got new content, report --json.
-# Each line: wall time, peak RSS (/usr/bin/time -v), and bytes per regular file above the
-# interpreter's own peak (python importing the same modules).
+# Each line: wall time, CPU time (user + system: steadier than wall time on a shared machine),
+# peak RSS (/usr/bin/time -v), and bytes per regular file above the interpreter's own peak
+# (python importing the same modules).
 # The XFS image is sparse, sized 4 GiB + 24 MiB per guest, and removed at the end (unless --keep).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")/.." && pwd)
@@ -87,15 +88,16 @@ run() {
     local label=$1; shift
     /usr/bin/time -v -o "$T/$label.time" "$@" > "$T/$label.out" 2> "$T/$label.err" \
         || { echo "FAILED: $*" >&2; tail -5 "$T/$label.err" >&2; exit 1; }
-    local wall rss
+    local wall rss cpu
     wall=$(awk -F': ' '/Elapsed \(wall clock\)/ { n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; print s }' "$T/$label.time")
+    cpu=$(awk -F': ' '/(User|System) time/ { s += $2 } END { print s }' "$T/$label.time")
     rss=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$T/$label.time")
-    printf '%-34s %9.2f s %9d MiB %8.0f B/file\n' "$label" "$wall" $((rss / 1024)) \
+    printf '%-34s %9.2f s %9.2f s %9d MiB %8.0f B/file\n' "$label" "$wall" "$cpu" $((rss / 1024)) \
         "$(awk -v r="$rss" -v b="$BASE_KIB" -v f="$FILES" 'BEGIN { print (r - b) * 1024 / f }')"
     eval "WALL_${label//[^a-z0-9]/_}=$wall"
 }
 jget() { "$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$T/$1.out" "$2"; }
-printf '%-34s %11s %13s %14s\n' "" "wall" "peak RSS" "above $((BASE_KIB / 1024)) MiB"
+printf '%-34s %11s %11s %13s %14s\n' "" "wall" "CPU (u+s)" "peak RSS" "above $((BASE_KIB / 1024)) MiB"
 sync
 run "hardlink -c -n" hardlink -c -n "${G[@]}"
 run "unify -n (first run)" "$IF" unify -n -q --json --mode hardlink "${G[@]}" --store "$S"
