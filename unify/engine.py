@@ -281,7 +281,13 @@ class Unifier:
             self._remove_leftovers(root_fd, leftovers)
 
     def _hash_row(self, gid: int, ref: FileRef, dirs: _DirCache) -> tuple | None:
-        """Hash one guest file; its index row, or None (counted as changed) if it moved meanwhile."""
+        """Hash one guest file; its index row, or None (counted as changed) if it moved meanwhile.
+
+        Sequential on purpose. Measured on this project's 2-core VM (2026-11-30): XXH3-128 over
+        2 GiB of cached data takes 0.39 s in one thread and 0.34 s split over two (python-xxhash
+        releases the GIL), so hashing is not what a run waits for; the per-file open/fstat/read
+        syscalls and the Python around them are, and threads add GIL hand-offs to exactly those.
+        """
         fd = self._open_guest_file(ref, dirs)
         if fd is None:
             return None
