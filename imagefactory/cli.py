@@ -19,7 +19,7 @@ from imagefactory.core.errors import ImageFactoryError
 COMMANDS: dict[str, str] = {
     "build": "imagefactory.build.cli:build",
     "recipes": "imagefactory.build.cli:recipes",
-    "unify": "unify.cli:unify",
+    "unify": "unify.composefs.cli:unify",
     "report": "unify.report.cli:report",
     "publish": "repo.cli:publish",
     "repo": "repo.cli:repo",
@@ -27,6 +27,8 @@ COMMANDS: dict[str, str] = {
     "kernel": "kernel.cli:kernel",
     "seed": "imagefactory.seed.cli:seed",
     "guests": "imagefactory.seed.cli:guests",
+    "mount": "imagefactory.seed.mount_cli:mount_cmd",
+    "umount": "imagefactory.seed.mount_cli:umount_cmd",
 }
 
 EXIT_CODES = """\b
@@ -39,7 +41,9 @@ Exit codes:
   5  package set cannot be resolved
   6  host problem (missing tool, not root, no kernel support, disk full)
   7  unsafe input (absolute/.. paths, symlink escapes, stray device nodes)
-  130 interrupted (Ctrl-C)"""
+  70 internal error (a bug: rerun with --debug and report it)
+  130 interrupted (Ctrl-C)
+See docs/errors.md for every failure class with an example line."""
 
 
 class LazyGroup(click.Group):

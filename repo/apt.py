@@ -56,7 +56,8 @@ class IndexFile:
 
 
 def release_text(*, origin: str, label: str, suite: str, codename: str, architectures: list[str],
-                 components: list[str], files: list[IndexFile], date: float, description: str = "") -> str:
+                 components: list[str], files: list[IndexFile], date: float, description: str = "",
+                 valid_seconds: int = 0) -> str:
     """A Release file: apt checks every index it fetches against these sizes and hashes."""
     lines = [
         f"Origin: {origin}",
@@ -64,6 +65,7 @@ def release_text(*, origin: str, label: str, suite: str, codename: str, architec
         f"Suite: {suite}",
         f"Codename: {codename}",
         f"Date: {email.utils.formatdate(date, usegmt=True)}",
+        *([f"Valid-Until: {valid_until(date, valid_seconds)}"] if valid_seconds > 0 else []),
         f"Architectures: {' '.join(architectures)}",
         f"Components: {' '.join(components)}",
         "Acquire-By-Hash: yes",
@@ -76,6 +78,22 @@ def release_text(*, origin: str, label: str, suite: str, codename: str, architec
     lines.append("SHA256:")
     lines += [f" {f.sha256} {len(f.data):>{width}} {f.path}" for f in files]
     return "\n".join(lines) + "\n"
+
+
+def valid_until(date: float, valid_seconds: int) -> str:
+    """The RFC 2822 date after which apt refuses the Release (`Check-Valid-Until`)."""
+    return email.utils.formatdate(date + valid_seconds, usegmt=True)
+
+
+def expires_at(fields: dict[str, str]) -> float | None:
+    """Valid-Until of parsed Release fields as a timestamp (None: no expiry or unparsable)."""
+    value = fields.get("Valid-Until")
+    if not value:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
 
 
 def parse_release(text: str) -> tuple[dict[str, str], dict[str, tuple[str, int]]]:

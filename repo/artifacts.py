@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import json
+import os
 import re
 import tarfile
 from dataclasses import dataclass, field
@@ -23,9 +24,11 @@ from imagefactory.build.debian import debfile
 from imagefactory.core.errors import ImageFactoryError, UnsafeInput, VerificationError
 from imagefactory.core.hashing import sha256_file
 from imagefactory.core.manifest import ImageFiles
+from imagefactory.core.paths import is_inside
 
 KERNEL_MANIFEST = "kernel-manifest.json"  # written by `imagefactory kernel build` beside its packages
 KERNEL_MANIFEST_SCHEMA = "imagefactory-kernel-manifest/1"
+_SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~:-]*$")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~:-]*$")
 
 
@@ -82,6 +85,7 @@ class Image:
     size: int
     manifest_sha256: str = ""
     manifest_size: int = 0
+    formats: list[tuple[dict, Path]] = field(default_factory=list)  # (manifest record, file beside the image)
 
     @property
     def key(self) -> str:
@@ -186,7 +190,35 @@ def read_image(path: Path, version: str | None = None) -> Image:
     if version is None:
         raise ArtifactError(f"{manifest_path}: no snapshot.epoch to derive a version from; pass --version")
     m_sha, m_size = sha256_file(manifest_path)
-    return Image(path, manifest_path, name, _safe(version, "version", path), manifest, digest, size, m_sha, m_size)
+    return Image(path, manifest_path, name, _safe(version, "version", path), manifest, digest, size, m_sha, m_size,
+                 format_files(path.parent, manifest, manifest_path))
+
+
+def format_files(directory: Path, manifest: dict, where: Path) -> list[tuple[dict, Path]]:
+    """The extra formats the manifest lists (squashfs, incus, lxc, oci), each checked against its sha256."""
+    records = manifest.get("artifacts") or []
+    if not isinstance(records, list):
+        raise ArtifactError(f"{where}: 'artifacts' must be a list")
+    out = []
+    for rec in records:
+        try:
+            rel, fmt, role, claimed_sha, claimed_size = (rec["file"], rec["format"], rec["role"], rec["sha256"],
+                                                         rec["size"])
+        except (KeyError, TypeError):
+            raise ArtifactError(f"{where}: an 'artifacts' entry lacks file/format/role/sha256/size") from None
+        parts = str(rel).split("/")
+        if str(rel).startswith("/") or ".." in parts or not all(_SAFE_PART.match(x) for x in parts):
+            raise UnsafeInput(f"{where}: artifact path {rel!r} is not a safe relative path")
+        path = directory / rel
+        if path.is_symlink() or not is_inside(os.path.realpath(path), os.path.realpath(directory)):
+            raise UnsafeInput(f"{where}: artifact {rel} leads outside {directory} through a symlink")
+        if not path.is_file():
+            raise ArtifactError(f"{where}: artifact {rel} ({fmt}) is missing beside the image")
+        digest, size = sha256_file(path)
+        if digest != claimed_sha or size != claimed_size:
+            raise VerificationError(f"{path}: does not match its manifest entry; refusing to publish")
+        out.append((dict(rec) | {"format": str(fmt), "role": str(role)}, path))
+    return out
 
 
 def read_extra(path: Path) -> Extra:

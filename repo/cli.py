@@ -7,10 +7,11 @@ from pathlib import Path
 
 import click
 
+from imagefactory.build.fetch import TIMEOUT_HELP
 from imagefactory.core.errors import ImageFactoryError, VerificationError
 from imagefactory.core.progress import Progress
 from repo.layout import Config, Repo
-from repo.publish import init_repo
+from repo.publish import init_repo, remove, resign, update_config
 from repo.publish import publish as do_publish
 from repo.pull import pull as do_pull
 from repo.verify import verify_state
@@ -69,17 +70,63 @@ def repo() -> None:
               help="APT architectures always indexed (repeatable).")
 @click.option("--grace", default=3600, show_default=True, help="Seconds a superseded state stays reachable.")
 @click.option("--keep", default=2, show_default=True, help="Always keep this many newest states.")
+@click.option("--valid-days", default=7.0, show_default=True, type=click.FloatRange(min=0),
+              help="Release Valid-Until = now + this (0: none); renew with `repo resign`.")
+@click.option("--keep-versions", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Keep the newest N versions per image and per package (0: all).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def init(path: Path, key_id: str | None, key_file: Path | None, suite: str, component: str, arches: tuple[str, ...],
-         grace: int, keep: int, as_json: bool) -> None:
+         grace: int, keep: int, valid_days: float, keep_versions: int, as_json: bool) -> None:
     """Create a repository at PATH with an empty signed first state."""
     if bool(key_id) == bool(key_file):
         raise click.UsageError("give exactly one of --key KEYID or --key-file FILE")
     config = Config(key_id=key_id, key_file=str(key_file.resolve()) if key_file else None, fingerprint="",
                     suite=suite, component=component, architectures=tuple(arches), grace_seconds=grace,
-                    keep_states=keep)
+                    keep_states=keep, valid_seconds=round(valid_days * 86400), keep_versions=keep_versions)
     result = init_repo(path, config)
     _emit(result, as_json, f"initialised {path} (key {result['fingerprint']}); serve {path / 'current'}")
+
+
+@repo.command("configure")
+@click.argument("path", type=REPO_PATH)
+@click.option("--valid-days", type=click.FloatRange(min=0), help="Release Valid-Until = signing time + this (0: none).")
+@click.option("--keep-versions", type=click.IntRange(min=0), help="Newest versions kept per image/package (0: all).")
+@click.option("--grace", type=click.IntRange(min=0), help="Seconds a superseded state stays reachable.")
+@click.option("--keep", type=click.IntRange(min=1), help="Always keep this many newest states.")
+def configure(path: Path, valid_days: float | None, keep_versions: int | None, grace: int | None,
+              keep: int | None) -> None:
+    """Change the lifecycle settings; they apply from the next publish, resign or remove."""
+    changes = {"valid_seconds": None if valid_days is None else round(valid_days * 86400),
+               "keep_versions": keep_versions, "grace_seconds": grace, "keep_states": keep}
+    config = update_config(Repo(path), {k: v for k, v in changes.items() if v is not None})
+    click.echo(f"{path}: Valid-Until +{config.valid_seconds / 86400:g} days, keep {config.keep_versions or 'all'} "
+               f"version(s), {config.keep_states} state(s), grace {config.grace_seconds} s")
+
+
+@repo.command("resign")
+@click.argument("path", type=REPO_PATH)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def resign_cmd(path: Path, as_json: bool) -> None:
+    """Re-sign every index with a fresh Date and Valid-Until (same content, new state).
+
+    Run it from cron well inside the validity period (e.g. daily with --valid-days 7).
+    """
+    result = resign(Repo(path))
+    _emit(result, as_json, f"state {result['serial']}: re-signed, valid until {result['valid_until']}")
+
+
+@repo.command("remove")
+@click.argument("path", type=REPO_PATH)
+@click.argument("ids", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def remove_cmd(path: Path, ids: tuple[str, ...], as_json: bool) -> None:
+    """Remove packages or image versions (ids as `repo list` prints them, e.g. debian-sid@20261130_000000).
+
+    The new state no longer lists or holds them; superseded states keep their files until the
+    grace period has passed, so downloads already under way finish.
+    """
+    result = remove(Repo(path), list(ids))
+    _emit(result, as_json, f"state {result['serial']}: removed {', '.join(result['removed'])}")
 
 
 def _state_dir(path: Path) -> tuple[Path, Repo | None]:
@@ -140,7 +187,7 @@ def list_(path: Path, as_json: bool) -> None:
         click.echo(f"{row['kind']:8} {row['id']:50} {row['size']:>12}  {row['sha256'][:16]}")
 
 
-@click.command()
+@click.command(epilog=TIMEOUT_HELP)
 @click.argument("url")
 @click.argument("name")
 @click.option("-o", "--output", "out_dir", required=True, type=REPO_PATH, help="Directory to write into.")

@@ -47,6 +47,8 @@ class Config:
     label: str = "imagefactory"
     grace_seconds: int = 3600
     keep_states: int = 2
+    valid_seconds: int = 7 * 86400  # Valid-Until = Date + this (0: no Valid-Until); `repo resign` renews
+    keep_versions: int = 0  # newest versions kept per image and per package name/arch (0: all)
 
     def to_json(self) -> dict:
         data = dict(self.__dict__)

@@ -13,39 +13,47 @@ import json
 import os
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
+from imagefactory.build import fetch as http
 from imagefactory.core.atomic import staging_name
-from imagefactory.core.errors import FetchError, ImageFactoryError, VerificationError
+from imagefactory.core.errors import ImageFactoryError, VerificationError
 from imagefactory.core.manifest import ImageFiles
 from imagefactory.core.progress import Progress
 from repo import streams
 from repo.sign import verify_detached
 
-TIMEOUT = 60
-
 
 def fetch(url: str, target: Path, progress: Progress | None = None) -> str:
-    """Stream url into target; return its sha256."""
-    digest = hashlib.sha256()
-    try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT) as response, target.open("wb") as out:
-            total = int(response.headers.get("Content-Length") or 0)
-            done = 0
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-                digest.update(chunk)
-                done += len(chunk)
-                if progress and total:
-                    progress.count(target.name.split(".partial")[0].lstrip("."), done >> 20, total >> 20, " MiB")
-    except urllib.error.HTTPError as exc:
-        raise FetchError(f"{url}: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        if isinstance(exc, OSError) and exc.filename == str(target):
-            raise
-        raise FetchError(f"{url}: {getattr(exc, 'reason', exc)}") from None
+    """Stream url into target; return its sha256.
+
+    Uses the build's HTTP client: the same deliberate timeouts and one retry
+    (fetch.TIMEOUT_HELP), and a stalled or unreachable server ends as exit 4
+    naming the URL."""
+    label = target.name.split(".partial")[0].lstrip(".")
+    with target.open("wb") as out:
+        digest = hashlib.sha256()
+        done = total = 0
+
+        def consume(chunk: bytes) -> None:
+            nonlocal done
+            out.write(chunk)
+            digest.update(chunk)
+            done += len(chunk)
+            if progress and total:
+                progress.count(label, done >> 20, total >> 20, " MiB")
+
+        def restart() -> None:
+            nonlocal digest, done
+            out.seek(0)
+            out.truncate()
+            digest, done = hashlib.sha256(), 0
+
+        def length(n: int) -> None:
+            nonlocal total
+            total = n
+
+        http.stream(url, consume, restart, length)
     return digest.hexdigest()
 
 

@@ -11,6 +11,8 @@ import json
 import time
 from dataclasses import dataclass
 
+from imagefactory.build.formats import image_variant
+
 IMAGES_PATH = "streams/v1/images.json"
 SIGNED_IMAGES_PATH = "streams/v1/images.sjson"
 
@@ -26,6 +28,7 @@ class ImageRecord:
     manifest_sha256: str
     manifest_size: int
     manifest: dict
+    artifacts: tuple[dict, ...] = ()
 
 
 def image_dir(name: str, version: str) -> str:
@@ -46,21 +49,47 @@ def images_json(records: list[ImageRecord], date: float) -> dict:
     products: dict[str, dict] = {}
     for rec in sorted(records, key=lambda r: (r.name, r.version)):
         m = rec.manifest
+        distro, suite = str(m.get("distro", "")), str(m.get("suite", ""))
+        variant = image_variant(rec.name, distro, suite)
+        aliases = [rec.name, f"{distro}/{suite}/{variant}"] + ([f"{distro}/{suite}"] if variant == "default" else [])
         product = products.setdefault(product_id(rec), {
-            "aliases": rec.name,
+            "aliases": ",".join(aliases),
             "arch": m.get("architecture", "unknown"),
-            "os": m.get("distro", ""),
-            "release": m.get("suite", ""),
-            "variant": m.get("variant", ""),
+            "os": distro,
+            "release": suite,
+            "release_title": suite,
+            "variant": variant,
             "versions": {},
         })
-        product["versions"][rec.version] = {"items": {
+        items = {
             "root.tar.zst": {"ftype": "root.tar.zst", "path": rec.path, "sha256": rec.sha256, "size": rec.size},
             "manifest.json": {"ftype": "manifest.json", "path": rec.manifest_path,
                               "sha256": rec.manifest_sha256, "size": rec.manifest_size},
-        }}
+        }
+        items |= format_items(rec.artifacts)
+        product["versions"][rec.version] = {"items": items}
     return {"format": "products:1.0", "content_id": "imagefactory:images", "datatype": "image-downloads",
             "updated": _updated(date), "products": products}
+
+
+def format_items(artifacts: tuple[dict, ...]) -> dict[str, dict]:
+    """simplestreams items Incus and LXD read: the split image's metadata under both clients' names
+    (each ignores the other's) with the fingerprint of metadata + squashfs, the squashfs root and
+    the unified tarball."""
+    items: dict[str, dict] = {}
+    for a in artifacts:
+        base = {"path": a["path"], "sha256": a["sha256"], "size": a["size"]}
+        if a["role"] == "rootfs" and a["path"].endswith(".squashfs"):
+            items["squashfs"] = {"ftype": "squashfs", **base}
+        elif a["format"] == "incus" and a["role"] == "metadata":
+            for ftype in ("incus.tar.xz", "lxd.tar.xz"):
+                items[ftype] = {"ftype": ftype, **base, "combined_squashfs_sha256": a["fingerprint"]}
+        elif a["format"] == "incus-unified":
+            for ftype in ("incus_combined.tar.gz", "lxd_combined.tar.gz"):
+                items[ftype] = {"ftype": ftype, **base, "combined_type": "container"}
+        elif a["format"] == "oci" and a["role"] == "archive":
+            items["oci.tar"] = {"ftype": "oci-archive", **base}
+    return items
 
 
 def index_json(images: dict, images_path: str, date: float) -> dict:

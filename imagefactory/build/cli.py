@@ -8,15 +8,16 @@ from pathlib import Path
 
 import click
 
-from imagefactory.build import pipeline
+from imagefactory.build import fetch, pipeline
 from imagefactory.build import recipe as recipes_mod
+from imagefactory.build.formats import FORMATS
 from imagefactory.build.plan import BuildOptions
 from imagefactory.core.progress import Progress
 
 DEFAULT_CACHE = Path(os.environ.get("IMAGEFACTORY_CACHE", "/var/cache/imagefactory"))
 
 
-@click.command()
+@click.command(epilog=fetch.TIMEOUT_HELP)
 @click.argument("recipe")
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), default=Path("out"),
               show_default=True, help="Directory for <name>/rootfs, <name>.tar.zst and <name>.manifest.json.")
@@ -28,11 +29,13 @@ DEFAULT_CACHE = Path(os.environ.get("IMAGEFACTORY_CACHE", "/var/cache/imagefacto
 @click.option("-j", "--jobs", default=8, show_default=True, help="Parallel downloads.")
 @click.option("--zstd-level", type=click.IntRange(1, 19), default=3, show_default=True,
               help="Image compression level (higher: smaller image, slower build).")
+@click.option("--format", "formats", multiple=True, type=click.Choice(sorted(FORMATS)),
+              help="Also write this format (repeatable; added to the recipe's `formats`).")
 @click.option("--dry-run", is_flag=True, help="Verify and resolve only: print the package set and download size.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (the plan or the manifest).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def build(recipe: str, out_dir: Path, mirror: str | None, allow_expired_release: bool, cache_dir: Path,
-          jobs: int, zstd_level: int, dry_run: bool, as_json: bool, quiet: bool) -> None:
+          jobs: int, zstd_level: int, formats: tuple[str, ...], dry_run: bool, as_json: bool, quiet: bool) -> None:
     """Build a guest from RECIPE (a name from recipes/ or a .toml path).
 
     Fetches and verifies the archive metadata, resolves the package set,
@@ -41,8 +44,11 @@ def build(recipe: str, out_dir: Path, mirror: str | None, allow_expired_release:
     tar.zst image plus a manifest. Needs root.
     """
     r = recipes_mod.load(recipe)
+    if mirror is not None:
+        recipes_mod.check_mirror(mirror, "--mirror")
+    fetch.timeouts()  # a bad $IMAGEFACTORY_*_TIMEOUT fails here, before any work
     opts = BuildOptions(mirror=mirror, allow_expired_release=allow_expired_release, cache_dir=cache_dir, jobs=jobs,
-                        zstd_level=zstd_level)
+                        zstd_level=zstd_level, formats=formats)
     progress = Progress(quiet=quiet)
     if dry_run:
         _, plan = pipeline.plan(r, opts, progress)
@@ -64,6 +70,8 @@ def build(recipe: str, out_dir: Path, mirror: str | None, allow_expired_release:
     else:
         m = result.manifest
         click.echo(f"{result.image}  sha256 {m['image']['sha256']}")
+        for art in m.get("artifacts", []):
+            click.echo(f"{out_dir / art['file']}  sha256 {art['sha256']}  ({art['format']} {art['role']})")
         click.echo(f"{result.rootfs}  {m['files']} files, {m['apparent_size'] / 1e6:.1f} MB, "
                    f"{len(m['packages'])} packages, {m['build_seconds']} s")
 

@@ -29,7 +29,7 @@ class TreeStats:
     disk_usage: int = 0  # st_blocks * 512, each inode once
 
 
-class _HashingWriter:
+class HashingWriter:
     """File wrapper that hashes and counts what goes through it."""
 
     def __init__(self, f) -> None:
@@ -81,57 +81,74 @@ def _xattrs(path: bytes) -> dict[str, str]:
     return out
 
 
+def add_tree(tar: tarfile.TarFile, root: Path, epoch: int, prefix: str = "./",
+             stats: TreeStats | None = None) -> TreeStats:
+    """Append every entry below root to tar as `prefix + relative path`, reproducibly.
+
+    Sorted names, numeric owners, mtimes clamped to epoch, xattrs as pax headers,
+    hard links kept as links; symlinks are never followed and sockets skipped.
+    """
+    stats = stats if stats is not None else TreeStats()
+    seen: dict[tuple[int, int], str] = {}
+    rootb = os.fsencode(root)
+    for rel, st in walk_sorted(root):
+        name = os.fsdecode(rel)
+        path = os.path.join(rootb, rel)
+        stats.files += 1
+        ti = tarfile.TarInfo(prefix + name)
+        ti.mode = stat.S_IMODE(st.st_mode)
+        ti.uid, ti.gid = st.st_uid, st.st_gid
+        ti.uname = ti.gname = ""
+        ti.mtime = min(int(st.st_mtime), epoch)
+        ti.pax_headers = _xattrs(path)
+        key = (st.st_dev, st.st_ino)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and key in seen:
+            ti.type, ti.linkname = tarfile.LNKTYPE, seen[key]
+            tar.addfile(ti)
+            continue
+        if stat.S_ISREG(st.st_mode):
+            if st.st_nlink > 1:
+                seen[key] = ti.name
+            stats.apparent_size += st.st_size
+            stats.disk_usage += st.st_blocks * 512
+            ti.size = st.st_size
+            with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as fh:
+                tar.addfile(ti, fh)
+            continue
+        stats.disk_usage += st.st_blocks * 512
+        if stat.S_ISDIR(st.st_mode):
+            ti.type = tarfile.DIRTYPE
+        elif stat.S_ISLNK(st.st_mode):
+            ti.type, ti.linkname = tarfile.SYMTYPE, os.fsdecode(os.readlink(path))
+        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            ti.type = tarfile.CHRTYPE if stat.S_ISCHR(st.st_mode) else tarfile.BLKTYPE
+            ti.devmajor, ti.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        elif stat.S_ISFIFO(st.st_mode):
+            ti.type = tarfile.FIFOTYPE
+        else:
+            continue  # sockets are not archived (like tar)
+        tar.addfile(ti)
+    return stats
+
+
+def open_tar(fileobj) -> tarfile.TarFile:
+    """A streaming pax writer with the settings every image archive uses."""
+    return tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8",
+                        errors="surrogateescape")
+
+
 def write_image(root: Path, target: Path, epoch: int, threads: int = -1,
                 level: int = LEVEL) -> tuple[str, int, TreeStats]:
     """Write root as a reproducible tar.zst at target; returns (sha256, size, stats)."""
-    stats = TreeStats()
-    seen: dict[tuple[int, int], str] = {}
     cctx = zstandard.ZstdCompressor(level=level, threads=threads)
-    rootb = os.fsencode(root)
     with open(target, "wb") as raw:
-        hw = _HashingWriter(raw)
-        # zstandard only calls write() and flush() on its sink; _HashingWriter has both.
+        hw = HashingWriter(raw)
+        # zstandard only calls write() and flush() on its sink; HashingWriter has both.
         with cctx.stream_writer(cast(IO[bytes], hw), closefd=False) as zw:
-            with tarfile.open(fileobj=zw, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8",
-                              errors="surrogateescape") as tar:
-                for rel, st in walk_sorted(root):
-                    name = os.fsdecode(rel)
-                    path = os.path.join(rootb, rel)
-                    stats.files += 1
-                    ti = tarfile.TarInfo("./" + name)
-                    ti.mode = stat.S_IMODE(st.st_mode)
-                    ti.uid, ti.gid = st.st_uid, st.st_gid
-                    ti.uname = ti.gname = ""
-                    ti.mtime = min(int(st.st_mtime), epoch)
-                    ti.pax_headers = _xattrs(path)
-                    key = (st.st_dev, st.st_ino)
-                    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and key in seen:
-                        ti.type, ti.linkname = tarfile.LNKTYPE, seen[key]
-                        tar.addfile(ti)
-                        continue
-                    if stat.S_ISREG(st.st_mode):
-                        if st.st_nlink > 1:
-                            seen[key] = ti.name
-                        stats.apparent_size += st.st_size
-                        stats.disk_usage += st.st_blocks * 512
-                        ti.size = st.st_size
-                        with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as fh:
-                            tar.addfile(ti, fh)
-                        continue
-                    stats.disk_usage += st.st_blocks * 512
-                    if stat.S_ISDIR(st.st_mode):
-                        ti.type = tarfile.DIRTYPE
-                    elif stat.S_ISLNK(st.st_mode):
-                        ti.type, ti.linkname = tarfile.SYMTYPE, os.fsdecode(os.readlink(path))
-                    elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-                        ti.type = tarfile.CHRTYPE if stat.S_ISCHR(st.st_mode) else tarfile.BLKTYPE
-                        ti.devmajor, ti.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
-                    elif stat.S_ISFIFO(st.st_mode):
-                        ti.type = tarfile.FIFOTYPE
-                    else:
-                        continue  # sockets are not archived (like tar)
-                    tar.addfile(ti)
+            with open_tar(zw) as tar:
+                stats = add_tree(tar, root, epoch)
         raw.flush()
         os.fsync(raw.fileno())
     return hw.sha.hexdigest(), hw.size, stats
+
 

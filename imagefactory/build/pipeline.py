@@ -8,6 +8,7 @@ its presence means the build is complete.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import signal
@@ -15,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagefactory.build import chroot, fetch, manifest
+from imagefactory.build import chroot, fetch, formats, manifest
 from imagefactory.build.image import write_image
 from imagefactory.build.plan import Backend, BuildOptions, Plan
 from imagefactory.build.recipe import Recipe
@@ -69,6 +70,7 @@ def build(recipe: Recipe, out_dir: Path, opts: BuildOptions, progress: Progress,
         raise EnvironmentProblem("building a guest needs root (chroot, mounts, device nodes)")
     started = time.monotonic()
     old_handler = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    created = [d for d in (out_dir, *out_dir.parents) if not d.exists()]  # removed again if the build fails
     out_dir.mkdir(parents=True, exist_ok=True)
     name = recipe.name
     final_dir = out_dir / name
@@ -89,6 +91,7 @@ def build(recipe: Recipe, out_dir: Path, opts: BuildOptions, progress: Progress,
         when = epoch if epoch is not None else int(os.environ.get("SOURCE_DATE_EPOCH", the_plan.snapshot_epoch))
         sha, size, stats = write_image(rootfs, image_stage, when, level=opts.zstd_level)
         doc = manifest.build_manifest(the_plan, image_final.name, sha, size, stats, time.monotonic() - started)
+        doc["artifacts"] = formats.write_for(recipe, rootfs, out_dir, when, opts, progress)
         # Commit: rootfs, then image, then the manifest that says both are complete.
         manifest_final.unlink(missing_ok=True)
         if final_dir.exists():
@@ -108,6 +111,9 @@ def build(recipe: Recipe, out_dir: Path, opts: BuildOptions, progress: Progress,
     except BaseException:
         image_stage.unlink(missing_ok=True)
         _discard(stage_dir)
+        for directory in created:  # deepest first; only while empty (nothing of anyone else's)
+            with contextlib.suppress(OSError):
+                directory.rmdir()
         raise
     finally:
         signal.signal(signal.SIGTERM, old_handler)

@@ -52,6 +52,7 @@ class BuildOptions:
     cache_dir: Path = Path("/var/cache/imagefactory")
     jobs: int = 8  # parallel downloads
     zstd_level: int = 3
+    formats: tuple[str, ...] = ()  # --format, added to the recipe's `formats`
 
 
 class Backend(Protocol):

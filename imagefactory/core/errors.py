@@ -5,6 +5,11 @@ is a bug and is reported as such (with the traceback only under --debug).
 """
 
 
+def shown(value: str, limit: int = 40) -> str:
+    """A user's value quoted for an error line, shortened so a 10 MB input still gives one short line."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + f"… ({len(value)} characters)"
+
+
 class ImageFactoryError(Exception):
     """A failure the user can act on. The message is the whole story."""
 
@@ -45,3 +50,9 @@ class UnsafeInput(ImageFactoryError):
     """Hostile or malformed input: absolute or '..' archive members, symlink escapes."""
 
     exit_code = 7
+
+
+class MirrorInconsistent(VerificationError):
+    """A mirror offers no copy of a file that matches its signed Release (mid-sync, most likely)."""
+
+    exit_code = 3

@@ -25,6 +25,10 @@ class Progress:
             elapsed = time.monotonic() - self._start
             self._emit(f"[{elapsed:6.1f}s] {text}", final=True)
 
+    def warn(self, text: str) -> None:
+        """One warning line, shown even when quiet (a warning is not progress)."""
+        self._emit(f"imagefactory: warning: {text}", final=True)
+
     def count(self, label: str, done: int, total: int, unit: str = "") -> None:
         if self.quiet:
             return

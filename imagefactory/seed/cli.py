@@ -13,8 +13,8 @@ from imagefactory.core.errors import ImageFactoryError
 from imagefactory.core.manifest import IMAGE_SUFFIX
 from imagefactory.core.progress import Progress
 from imagefactory.core.units import human
-from imagefactory.seed import barrier, check, inventory
-from imagefactory.seed.guest import Guest, Interface, check_hostname, check_name
+from imagefactory.seed import barrier, check, composefs, inventory
+from imagefactory.seed.guest import Guest, Interface, check_hostname, check_name, check_vdir
 from imagefactory.seed.limits import Limits
 from imagefactory.seed.seeder import SeedResult, seed_image
 
@@ -51,7 +51,11 @@ def _print_seed(result: SeedResult, unified: dict | None) -> None:
         click.echo(f"  {fmt:<13} {path}")
     state = "set" if result.barrier["barrier"] else "NOT set"
     click.echo(f"  {'barrier':<13} {state} on {result.barrier['path']}: {result.barrier['detail']}")
-    if unified is not None:
+    if unified is not None and unified["mode"] == "composefs":
+        reused = "image seen before, no content read" if unified["listing_reused"] else "image read"
+        click.echo(f"  {'composefs':<13} {'mounted' if unified['mounted'] else 'NOT mounted'}; "
+                   f"{unified['objects']} objects, {unified['objects_added']} new ({reused}); {unified['state']}")
+    elif unified is not None:
         click.echo(
             f"  {'unified':<13} mode {unified['mode']}: {unified['linked']} files linked, "
             f"{unified['bytes_saved'] / MIB:.1f} MiB saved"
@@ -66,6 +70,8 @@ def run_check(confdir: Path, vdir: Path | None, as_json: bool) -> None:
     ram, swap = check.meminfo(Path("/proc/meminfo").read_text())
     statuses = [barrier.status(p) for p in check.vdir_parents(guests, [vdir] if vdir else [])]
     findings = check.evaluate(guests, ram, swap, statuses)
+    findings += [check.Finding("error", "not-mounted", f"composefs guest {g.name} is not mounted at {g.root}: "
+                               f"imagefactory mount {g.name}") for g in guests if g.mounted is False]
     if as_json:
         click.echo(json.dumps({
             "guests": len(guests),
@@ -120,7 +126,10 @@ def run_unify(result: SeedResult, confdir: Path, store: Path, mode: str, progres
 @click.option("--cpu", default="100%", show_default=True, help="CPU share of one CPU, in (0, 100]%.")
 @click.option("--unify", "do_unify", is_flag=True, help="Unify the new guest into --store right away.")
 @click.option("--store", type=DIR, help="Unification store (also recorded in apps/vunify/hash/).")
-@click.option("--unify-mode", default="auto", show_default=True, help="Mode passed to the unify engine.")
+@click.option("--unify-mode", default="auto", show_default=True,
+              help="composefs, or a mode passed to the unify engine; auto = composefs where the host runs it.")
+@click.option("--meta", type=click.Choice(["erofs", "dir"]), default="erofs", show_default=True,
+              help="composefs metadata layer: EROFS image (mkcomposefs) or a directory of sparse files.")
 @click.option("--replace", is_flag=True, help="Replace an existing guest of that name (keeps its context id).")
 @click.option("--repo", help="Repository URL to pull SOURCE from by name.")
 @click.option("--keyring", type=click.Path(dir_okay=False, path_type=Path), help="Key for the repository's signature.")
@@ -129,7 +138,7 @@ def run_unify(result: SeedResult, confdir: Path, store: Path, mode: str, progres
 @click.option("--check", "do_check", is_flag=True, help="Check all guests instead: overcommit, duplicates, barrier.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
-def seed(source, name, vdir, confdir, address, dev, hostname, memory, cpu, do_unify, store, unify_mode,
+def seed(source, name, vdir, confdir, address, dev, hostname, memory, cpu, do_unify, store, unify_mode, meta,
          replace, repo, keyring, cache, do_check, as_json, quiet) -> None:
     """Seed guest NAME from SOURCE: a local IMAGE.tar.zst (with its manifest beside it),
     NAME[@VERSION] from --repo, or REPO-URL/NAME[@VERSION].
@@ -161,7 +170,7 @@ def seed(source, name, vdir, confdir, address, dev, hostname, memory, cpu, do_un
         hostname=check_hostname(hostname or name),
         interface=Interface.parse(address, dev),
         limits=Limits.parse(memory, cpu),
-        vdir=vdir.absolute(),
+        vdir=check_vdir(vdir.absolute()),
         confdir=confdir.absolute(),
         store=store.absolute() if store else None,
     )
@@ -170,10 +179,12 @@ def seed(source, name, vdir, confdir, address, dev, hostname, memory, cpu, do_un
     try:
         progress = Progress(quiet=quiet)
         image = resolve_source(source, repo, keyring, cache, progress)
-        result = seed_image(image, guest, replace=replace, progress=progress)
+        layout = composefs.layout_for(guest.store, unify_mode, meta) if do_unify and guest.store else None
+        result = seed_image(image, guest, replace=replace, progress=progress, layout=layout)
         unified = None
         if do_unify and guest.store is not None:
-            unified = run_unify(result, guest.confdir, guest.store, unify_mode, progress)
+            unified = layout.summary() if layout else run_unify(result, guest.confdir, guest.store, unify_mode,
+                                                                progress)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if as_json:
@@ -198,7 +209,7 @@ def guests(confdir, as_json, usage) -> None:
         click.echo(json.dumps([g.to_dict() for g in rows], indent=2))
         return
     header = (f"{'NAME':<16} {'CTX':>5}  {'IMAGE':<24} {'VERSION':<15} {'IP':<18} {'SIZE':>9} {'SHARED':>6} "
-              f"{'MEMORY':>7} {'CPU':>6}")
+              f"{'MEMORY':>7} {'CPU':>6} {'MOUNTED':>7} {'UPPER':>9}")
     click.echo(header)
 
     def fmt(value, spec: str = "", suffix: str = "") -> str:
@@ -209,4 +220,5 @@ def guests(confdir, as_json, usage) -> None:
             f"{g.name:<16} {fmt(g.context):>5}  {fmt(g.image):<24} {fmt(g.version):<15} {fmt(g.ip):<18} "
             f"{human(g.disk_usage):>9} {fmt(g.shared_percent, '.1f', '%'):>6} "
             f"{human(g.memory):>7} {fmt(g.cpu_percent, 'g', '%'):>6}"
+            f" {'-' if g.mounted is None else 'yes' if g.mounted else 'NO':>7} {human(g.upper_bytes):>9}"
         )

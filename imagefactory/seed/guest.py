@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from imagefactory.core.errors import ImageFactoryError
+from imagefactory.core.hostname import check_hostname as core_check_hostname
 from imagefactory.seed.limits import Limits
 
 # A guest name becomes a directory name in vdir and confdir, a systemd
@@ -16,7 +18,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Linux interface names: at most 15 bytes (IFNAMSIZ-1), no '/', ':' or spaces;
 # dots allowed for VLANs (eth0.42).
 _DEV = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
-_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
 class GuestError(ImageFactoryError):
@@ -86,9 +87,17 @@ def check_name(name: str) -> str:
     return name
 
 
+def check_vdir(vdir: Path) -> Path:
+    """The guest-root parent must be a real directory: it carries the barrier, and a symlink there
+    could be re-pointed under the seeder. Refused before anything is written."""
+    if vdir.is_symlink():
+        raise GuestError(f"--vdir {vdir} is a symbolic link (to {os.readlink(vdir)}); refusing it: "
+                         "pass the real directory")
+    if vdir.exists() and not vdir.is_dir():
+        raise GuestError(f"--vdir {vdir} exists and is not a directory")
+    return vdir
+
+
 def check_hostname(hostname: str) -> str:
-    """RFC 1123 host name: dot-separated labels, at most 253 characters."""
-    labels = hostname.rstrip(".").split(".")
-    if len(hostname) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
-        raise GuestError(f"hostname {hostname!r} is not a valid host name")
-    return hostname.rstrip(".")
+    """RFC 1123 host name (the validator `build` uses too)."""
+    return core_check_hostname(hostname, GuestError)

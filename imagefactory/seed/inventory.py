@@ -12,6 +12,7 @@ from pathlib import Path
 from imagefactory.seed import contexts
 from imagefactory.seed.vserver_conf import MANIFEST
 from repo.artifacts import image_version
+from unify.composefs.guest import GuestLayers, Usage, usage
 
 
 @dataclass
@@ -69,6 +70,8 @@ class GuestInfo:
     cpu_percent: float | None
     disk_usage: int | None
     shared_percent: float | None
+    mounted: bool | None = None  # composefs guests: is the overlay mounted at the root?
+    upper_bytes: int | None = None  # composefs guests: disk use of the guest's own changes
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,7 +88,8 @@ def read_guest(conf: Path, page_size: int, *, measure: bool = True) -> GuestInfo
     ip, prefix = _read(conf / "interfaces/0/ip"), _read(conf / "interfaces/0/prefix")
     rss = _int(conf / "rlimits/rss.hard") or _int(conf / "rlimits/rss")
     fill, interval = _int(conf / "sched/fill-rate"), _int(conf / "sched/interval")
-    usage = tree_usage(root) if measure and root is not None and root.is_dir() else None
+    cfs = composefs_usage(root) if root is not None else None
+    usage = tree_usage(root) if measure and root is not None and root.is_dir() and cfs is None else None
     return GuestInfo(
         name=_read(conf / "name") or conf.name,
         context=contexts.read_context(conf),
@@ -97,9 +101,17 @@ def read_guest(conf: Path, page_size: int, *, measure: bool = True) -> GuestInfo
         ip=f"{ip}/{prefix}" if ip and prefix else ip,
         memory=rss * page_size if rss is not None else None,
         cpu_percent=float(Fraction(fill * 100, interval)) if fill and interval else None,
-        disk_usage=usage.disk_usage if usage else None,
+        disk_usage=usage.disk_usage if usage else (cfs.state_bytes if cfs and measure else None),
         shared_percent=round(100 * usage.shared_bytes / usage.file_bytes, 1) if usage and usage.file_bytes else None,
+        mounted=cfs.mounted if cfs else None,
+        upper_bytes=cfs.upper_bytes if cfs else None,
     )
+
+
+def composefs_usage(root: Path) -> Usage | None:
+    """Mounted state and disk use of a composefs guest (None for a plain root)."""
+    layers = GuestLayers(root)
+    return usage(layers) if layers.exists() else None
 
 
 def guest_store(conf: Path) -> Path | None:

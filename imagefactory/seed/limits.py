@@ -24,12 +24,16 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from imagefactory.core.errors import ImageFactoryError
+from imagefactory.core.errors import ImageFactoryError, shown
 
 MIB = 1024 * 1024
 MEMORY_FLOOR = 64 * MIB  # below this a Debian minbase guest cannot even run apt
 SOFT_RATIO = Fraction(9, 10)
 AS_FACTOR = 4
+# Every rendered figure must fit what its consumer parses: systemd's MemoryMax= and the cgroup files LXC
+# writes take at most a signed 64-bit byte count, and util-vserver's rlimits/as is AS_FACTOR times the memory
+# (the kernel's rlimit is 64-bit bytes). So memory stops at 2^63 / AS_FACTOR bytes (2 EiB).
+MEMORY_CEILING = (1 << 63) // AS_FACTOR
 CPU_PERIOD_US = 100_000  # cgroup v2 default period
 SHARE_RESOLUTION = 1000  # shares are stored as tenths of a percent
 # Token bucket bounds: util-vserver's kernel defaults are tokens-max = HZ/2,
@@ -39,6 +43,7 @@ TOKENS_MAX = 500
 TOKENS_MIN = 60
 
 _UNITS = {"": 1, "K": 1024, "M": MIB, "G": 1024 * MIB, "T": 1024 * 1024 * MIB}
+_SHARE = re.compile(r"\d{1,3}(\.\d{1,6})?")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 
 
@@ -48,19 +53,24 @@ class LimitError(ImageFactoryError):
 
 def parse_memory(text: str) -> int:
     """'512M', '2G', '536870912' -> bytes (K/M/G/T are binary, as in util-vserver docs)."""
-    match = _SIZE.match(text)
+    match = _SIZE.match(text) if len(text) <= 64 else None
     if not match:
-        raise LimitError(f"memory {text!r} is not a size (examples: 512M, 2G, 1073741824)")
+        raise LimitError(f"memory {shown(text)} is not a size (examples: 512M, 2G, 1073741824)")
     number, unit = match.groups()
     value = int(Fraction(number) * _UNITS[unit.upper()])
     if value < MEMORY_FLOOR:
         raise LimitError(f"memory {text!r} is below the floor of {MEMORY_FLOOR // MIB}M")
+    if value > MEMORY_CEILING:
+        raise LimitError(f"memory {text!r} is above the ceiling of {MEMORY_CEILING >> 60} EiB "
+                         "(systemd, LXC and the kernel take 64-bit byte counts)")
     return value
 
 
 def parse_share(text: str) -> Fraction:
     """'25%', '25', '12.5%' -> a CPU share in percent, 0 < share <= 100."""
     raw = text.strip().removesuffix("%").strip()
+    if not _SHARE.fullmatch(raw):  # plain decimals only: Fraction would also take '1e999999999'
+        raise LimitError(f"CPU share {shown(text)} is not a percentage (example: 25%)")
     try:
         share = Fraction(raw)
     except (ValueError, ZeroDivisionError):

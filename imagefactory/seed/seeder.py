@@ -109,11 +109,43 @@ def clean_stale(target: Path) -> None:
             remove_tree(entry)
 
 
+class PlainRoot:
+    """How a guest root is filled: here, the image unpacked into it (see seed/composefs.py for
+    the other way). Hooks: fill the staged root, extra (stage, target) pairs to commit before
+    root and conf, conf files, what to do right before and after the commit, cleanup."""
+
+    def fill(self, fh, manifest: dict, root_stage: Path, guest: Guest, progress: Progress) -> None:
+        unpack.unpack(fh, root_stage, total=int(manifest.get("files") or 0), progress=progress)
+
+    def has_init(self, root_stage: Path) -> bool:
+        return has_init(root_stage)
+
+    def pairs(self) -> list[tuple[Path, Path]]:
+        return []
+
+    def conf_files(self, guest: Guest) -> dict[str, str]:
+        return {}
+
+    def before_commit(self, guest: Guest) -> None:
+        pass
+
+    def after_commit(self, guest: Guest) -> None:
+        pass
+
+    def cleanup(self) -> None:
+        pass
+
+    def result_files(self, guest: Guest) -> dict[str, str]:
+        return {}
+
+
 def seed_image(
-    image: Path, guest: Guest, *, replace: bool = False, progress: Progress | None = None
+    image: Path, guest: Guest, *, replace: bool = False, progress: Progress | None = None,
+    layout: PlainRoot | None = None,
 ) -> SeedResult:
     """Seed guest from a local image whose manifest sits beside it."""
     progress = progress or Progress(quiet=True)
+    layout = layout or PlainRoot()
     manifest = unpack.load_manifest(image)
     with open(image, "rb") as fh:
         progress.stage(f"verifying {image.name}")
@@ -134,18 +166,22 @@ def seed_image(
             try:
                 progress.stage(f"unpacking into {guest.root}")
                 root_stage.mkdir(mode=0o755)
-                unpack.unpack(fh, root_stage, total=int(manifest.get("files") or 0), progress=progress)
+                layout.fill(fh, manifest, root_stage, guest, progress)
                 progress.stage(f"writing config {guest.conf} (context {context})")
                 limits = render(guest.limits, os.sysconf("SC_PAGE_SIZE"))
                 tree = vserver_conf.render(guest, context, limits, json.dumps(manifest, indent=2) + "\n")
-                tree.add(nspawn.render(guest, limits, boot=has_init(root_stage)))
+                tree.add(nspawn.render(guest, limits, boot=layout.has_init(root_stage)))
                 tree.add(lxc.render(guest, limits))
+                tree.add(layout.conf_files(guest))
                 write_tree(conf_stage, tree)
-                old = commit([(root_stage, guest.root), (conf_stage, guest.conf)])
+                layout.before_commit(guest)
+                old = commit([*layout.pairs(), (root_stage, guest.root), (conf_stage, guest.conf)])
             finally:
                 for stage in (root_stage, conf_stage):
                     if os.path.lexists(stage):
                         remove_tree(stage)
+                layout.cleanup()
+    layout.after_commit(guest)
     leftovers = []
     for path in old:
         try:
@@ -165,6 +201,7 @@ def seed_image(
             "nspawn": str(guest.conf / nspawn.settings_path(guest.name)),
             "nspawn-limits": str(guest.conf / nspawn.dropin_path(guest.name)),
             "lxc": str(guest.conf / lxc.config_path(guest.name)),
+            **{key: str(guest.conf / rel) for key, rel in layout.result_files(guest).items()},
         },
         replaced=bool(old),
         leftovers=leftovers,

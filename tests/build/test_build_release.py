@@ -37,7 +37,7 @@ def test_parse_release():
 def test_valid_until():
     rel = parse_release(RELEASE)
     later = datetime(2026, 11, 24, tzinfo=UTC)
-    with pytest.raises(VerificationError, match="expired on 2026-11-06.*--allow-expired-release"):
+    with pytest.raises(VerificationError, match=r"past its Valid-Until \(2026-11-06.*--allow-expired-release"):
         check_valid_until(rel, later, allow_expired=False)
     check_valid_until(rel, later, allow_expired=True)
     check_valid_until(rel, datetime(2026, 11, 1, tzinfo=UTC), allow_expired=False)

@@ -165,7 +165,8 @@ def make_key(home: Path) -> Path:
     return keyring
 
 
-def write_release(archive: Archive, valid_until: datetime | None = None, key_home: Path | None = None) -> None:
+def write_release(archive: Archive, valid_until: datetime | None = None, key_home: Path | None = None,
+                  fields: tuple[str, ...] = ()) -> None:
     dists = archive.root / "dists" / archive.suite
     files = sorted(p for p in dists.rglob("*") if p.is_file() and "by-hash" not in p.parts
                    and p.name not in ("Release", "InRelease"))
@@ -174,7 +175,7 @@ def write_release(archive: Archive, valid_until: datetime | None = None, key_hom
              f"Date: {format_datetime(date, usegmt=True).replace('GMT', 'UTC')}"]
     if valid_until:
         lines.append(f"Valid-Until: {format_datetime(valid_until, usegmt=True).replace('GMT', 'UTC')}")
-    lines += ["Acquire-By-Hash: yes", f"Architectures: {ARCH}", "Components: main", "SHA256:"]
+    lines += ["Acquire-By-Hash: yes", f"Architectures: {ARCH}", "Components: main", *fields, "SHA256:"]
     for p in files:
         lines.append(f" {_sha256(p)} {p.stat().st_size:>8} {p.relative_to(dists)}")
         byhash = p.parent / "by-hash" / "SHA256" / _sha256(p)
@@ -187,15 +188,21 @@ def write_release(archive: Archive, valid_until: datetime | None = None, key_hom
                    check=True, capture_output=True, env=env)
 
 
-def write_packages(archive: Archive) -> None:
-    binary = archive.root / "dists" / archive.suite / "main" / f"binary-{ARCH}"
-    if binary.exists():
-        shutil.rmtree(binary)
-    binary.mkdir(parents=True)
+def write_packages(archive: Archive, split_all: bool = False) -> None:
+    """binary-amd64 indices of the whole pool; with split_all also binary-all ones holding just the
+    Architecture: all stanzas (as Debian does: No-Support-for-Architecture-all: Packages)."""
     text = subprocess.run(["dpkg-scanpackages", "--multiversion", "pool", "/dev/null"], cwd=archive.root,
                           check=True, capture_output=True).stdout
-    (binary / "Packages.xz").write_bytes(lzma.compress(text))
-    (binary / "Packages.gz").write_bytes(gzip.compress(text, mtime=0))
+    arch_all = b"".join(s + b"\n\n" for s in text.split(b"\n\n") if b"\nArchitecture: all\n" in s + b"\n")
+    for arch, body in ((ARCH, text), ("all", arch_all)):
+        binary = archive.root / "dists" / archive.suite / "main" / f"binary-{arch}"
+        if binary.exists():
+            shutil.rmtree(binary)
+        if arch == "all" and not split_all:
+            continue
+        binary.mkdir(parents=True)
+        (binary / "Packages.xz").write_bytes(lzma.compress(body))
+        (binary / "Packages.gz").write_bytes(gzip.compress(body, mtime=0))
 
 
 def make_archive(root: Path, debs: list[Deb] | None = None) -> Archive:

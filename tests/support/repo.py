@@ -18,6 +18,8 @@ import zstandard
 from imagefactory.cli import main
 from tests.support import need_tool
 
+DEB_EPOCH = 1767225600  # 2026-01-01: every test .deb carries this timestamp
+
 
 def make_deb(directory: Path, name: str = "hello-if", version: str = "1.0-1", arch: str = "all",
              payload: bytes = b"hi\n") -> Path:
@@ -31,8 +33,13 @@ def make_deb(directory: Path, name: str = "hello-if", version: str = "1.0-1", ar
         f"Package: {name}\nVersion: {version}\nArchitecture: {arch}\nMaintainer: T <t@example.invalid>\n"
         f"Description: imagefactory test package\n A longer description.\n .\n Second paragraph.\n")
     out = directory / f"{name}_{version}_{arch}.deb"
+    # Reproducible: the same arguments give the same bytes whenever they are built (dpkg-deb stamps the
+    # ar members and clamps the tar mtimes with SOURCE_DATE_EPOCH; the tree's own mtimes are fixed here),
+    # so tests comparing two builds of one package never depend on crossing a second boundary.
+    for path in (root, *root.rglob("*")):
+        os.utime(path, (DEB_EPOCH, DEB_EPOCH), follow_symlinks=False)
     subprocess.run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(root), str(out)], check=True,
-                   capture_output=True)
+                   capture_output=True, env={**os.environ, "SOURCE_DATE_EPOCH": str(DEB_EPOCH)})
     return out
 
 

@@ -10,6 +10,7 @@ import pytest
 from imagefactory.cli import main
 from tests.support.unify import make_guest, write
 from unify import probe
+from unify.composefs import support
 from unify.store import Store
 
 
@@ -53,10 +54,12 @@ def test_auto_mode_refuses_on_plain_ext4_with_one_line(tmp_path, guests, capsys,
     mode, reason = probe.decide_auto(False, False, True, False, "ext4")
     monkeypatch.setattr(probe, "probe", lambda path: probe.ProbeResult(
         vserver=False, immutable=True, filesystem="ext4", auto_mode=mode, reason=reason))
+    # ... on a kernel without overlayfs data-only layers (this one has them: composefs would win).
+    monkeypatch.setattr(support, "check", lambda path: support.Support(False, False, False, "no overlay (test)"))
     code, out, err = run(capsys, *guests, "--store", tmp_path / "store")
     assert code == 6
     assert err.count("\n") == 1 and err.startswith("imagefactory: error: --mode auto refuses: ")
-    assert "--mode immutable" in err
+    assert "--mode immutable" in err and err.rstrip().endswith("; composefs not available: no overlay (test)")
 
 
 def test_verify_reports_a_tampered_entry_and_gc_removes_orphans(tmp_path, guests, capsys):

@@ -4,6 +4,7 @@ Modules, each importing only those above it in this list:
 
 * ``model``    the records: Report, GuestFigures, StoreFigures, FileItem (the --json schema);
 * ``figures``  aggregation: groups of files that share storage, du's counting rules, top lists;
+* ``composefs`` composefs guests, read from their listings and upper layers (not walked);
 * ``measure``  unified guests: the hostile walk (unify.walk.walk_all) and FIEMAP for reflinks;
 * ``whatif``   roots not unified yet, by the engine's own walk, rules and store keys;
 * ``text``, ``html``  renderers; ``cli`` the ``imagefactory report`` command.

@@ -12,13 +12,14 @@ from imagefactory.core.atomic import write_text
 from imagefactory.core.errors import ImageFactoryError
 from imagefactory.core.progress import Progress
 from unify import index as uindex
+from unify.report.composefs import is_composefs, registered_roots
 from unify.report.measure import measure
 from unify.report.text import render_text
 from unify.report.whatif import MIN_SIZE, what_if
 
 
 def _roots_from_store(store: Path) -> list[Path]:
-    roots = [Path(root) for root, _ in uindex.guests(store)]
+    roots = registered_roots(store) if is_composefs(store) else [Path(root) for root, _ in uindex.guests(store)]
     if not roots:
         raise click.UsageError(f"no GUEST_ROOT given and the store {store} knows no guests")
     return roots

@@ -17,6 +17,7 @@ from pathlib import Path
 from imagefactory.core.errors import EnvironmentProblem
 from unify import index as uindex
 from unify import store as ustore
+from unify.report.composefs import is_composefs, measure_composefs
 from unify.report.figures import Builder, Group, GuestCount, link_histogram
 from unify.report.model import Report, StoreFigures
 from unify.walk import FILE_FLAGS, RACES, walk_all
@@ -117,6 +118,8 @@ def measure(roots: list[Path], store: Path | None = None, sharing: str = "auto",
     sharing: "inode" (hardlink, immutable and vserver modes), "reflink" (shared extents) or
     "auto" (the store's recorded mode).
     """
+    if is_composefs(store):
+        return measure_composefs(roots, store, top, progress)  # type: ignore[arg-type]
     b = Builder(roots, top)
     store_fig: StoreFigures | None = None
     entries: dict[tuple[int, int], tuple[int, str]] = {}

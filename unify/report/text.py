@@ -46,6 +46,11 @@ def render_text(report: Report, top: int) -> str:
                f"({t['saved_bytes']:,} bytes, {t['saved_percent']:.1f}%)")
     if report.mode == "reflink":
         out.append(f"  (du counts reflinked extents once per file: it says {human(t['du_disk_bytes'])})")
+    if report.mode == "composefs":
+        out.append(f"  composefs: {t['composefs_guests']} guests on {t['shared_objects']:,} shared objects; upper "
+                   f"layers {human(t['upper_bytes'])}, metadata layers {human(t['metadata_bytes'])}")
+        out.append(f"  page cache: one copy per object for all guests ({human(t['page_cache_shared_bytes'])} "
+                   "that private copies would cache once more per guest)")
     s = report.store
     if s is not None:
         out += ["", f"Store {s.path}: {s.entries:,} entries, {human(s.disk_bytes)} on disk, "

@@ -23,7 +23,7 @@ from imagefactory.build.debian.resolve import Universe, initial_set, resolve
 from imagefactory.build.plan import Artifact, BuildOptions, Plan
 from imagefactory.build.recipe import Recipe
 from imagefactory.build.sources import host_debian_mirror
-from imagefactory.core.errors import RecipeError, VerificationError
+from imagefactory.core.errors import MirrorInconsistent, RecipeError, VerificationError
 from imagefactory.core.gpgv import verify_clearsigned
 from imagefactory.core.progress import Progress
 
@@ -33,35 +33,56 @@ DEFAULT_KEYRINGS = {
 }
 
 
-def index_names(rel: Release, component: str, arch: str) -> list[str]:
-    """Packages indices to read for one component: the arch's, plus binary-all when split out."""
-    arches = [arch] + (["all"] if rel.arch_all_separate else [])
-    names = []
-    for a in arches:
-        base = f"{component}/binary-{a}/Packages"
-        for ext in (".xz", ".gz", ""):
-            if base + ext in rel.files:
-                names.append(base + ext)
-                break
-        else:
-            if a == arch:
-                raise VerificationError(f"Release lists no {base} index (component or architecture missing?)")
-    return names
+def index_arches(rel: Release, component: str, arch: str) -> list[str]:
+    """Architectures whose Packages index to read for one component: the arch's, plus
+    binary-all when the Release lists it split out."""
+    if not any(f"{component}/binary-{arch}/Packages{ext}" in rel.files for ext in INDEX_EXTS):
+        raise VerificationError(f"Release lists no {component}/binary-{arch}/Packages index "
+                                "(component or architecture missing?)")
+    listed = any(f"{component}/binary-all/Packages{ext}" in rel.files for ext in INDEX_EXTS)
+    return [arch] + (["all"] if rel.arch_all_separate and listed else [])
 
 
-def index_url(mirror: str, suite: str, rel: Release, name: str) -> str:
-    f = rel.files[name]
-    if rel.by_hash:
-        return f"{mirror}/dists/{suite}/{name.rsplit('/', 1)[0]}/by-hash/SHA256/{f.sha256}"
-    return f"{mirror}/dists/{suite}/{name}"
+INDEX_EXTS = (".xz", ".gz", "")
+
+
+def index_candidates(mirror: str, suite: str, rel: Release, component: str, arch: str) -> list[tuple[str, str]]:
+    """Every (url, Release name) that can supply one Packages index, best first: each
+    compression the signed Release lists, by-hash (when offered) before the plain name.
+    Each is verified against the Release's SHA256 and size, so any may be used."""
+    out = []
+    listed = [e for e in INDEX_EXTS if f"{component}/binary-{arch}/Packages{e}" in rel.files]
+    for ext in [e for e in listed if e] or listed:  # the uncompressed copy only when nothing else is listed
+        name = f"{component}/binary-{arch}/Packages{ext}"
+        if rel.by_hash:
+            out.append((f"{mirror}/dists/{suite}/{component}/binary-{arch}/by-hash/SHA256/{rel.files[name].sha256}",
+                        name))
+        out.append((f"{mirror}/dists/{suite}/{name}", name))
+    return out
+
+
+def fetch_index(mirror: str, suite: str, rel: Release, component: str, arch: str,
+                cache_dir: Path) -> list[Package]:
+    """One Packages index from the first candidate that verifies; never an unverified one.
+
+    A missing file (404) or one whose bytes do not match the signed Release
+    moves on to the next candidate (a mirror mid-sync has both); network
+    failures end the build at once. No candidate left: MirrorInconsistent."""
+    tried = []
+    for url, name in index_candidates(mirror, suite, rel, component, arch):
+        f = rel.files[name]
+        try:
+            return load_index(fetch.cached_fetch(url, f.sha256, f.size, cache_dir), name)
+        except (fetch.MissingFile, VerificationError) as exc:
+            how = "by-hash" if "/by-hash/" in url else "plain"
+            tried.append(f"{name.rpartition('/')[2]} {how}: {str(exc).removeprefix(url + ': ')}")
+    raise MirrorInconsistent(
+        f"mirror inconsistent (probably mid-sync): no copy of dists/{suite}/{component}/binary-{arch}/Packages "
+        f"on {mirror} matches the signed Release ({'; '.join(tried)}); try again later or another mirror"
+    )
 
 
 MEMO_FORMAT = 2  # bump when the memoized records change shape
-
-
-def _fetch_index(url: str, sha256: str, size: int, cache_dir: Path, name: str) -> list[Package]:
-    """Download (verified) and parse one Packages index."""
-    return load_index(fetch.cached_fetch(url, sha256, size, cache_dir), name)
 
 
 def _load_memo(path: Path):
@@ -117,19 +138,35 @@ class DebianBackend:
     def _resolve(self, recipe: Recipe, rel: Release, mirror: str, opts: BuildOptions,
                  progress: Progress) -> tuple[set[str], list[Package]]:
         """Fetch + verify the indices and resolve: (essential closure, full selection)."""
-        packages: list[Package] = []
-        names = []
+        jobs = []
         for comp in recipe.components:
             if rel.components and comp not in rel.components:
                 raise RecipeError(f"{recipe.source}: key 'components': {comp!r} is not in {recipe.suite}")
-            names += index_names(rel, comp, recipe.architecture)
+            jobs += [(comp, a) for a in index_arches(rel, comp, recipe.architecture)]
+
+        def one(job: tuple[str, str]) -> list[Package] | MirrorInconsistent:
+            try:
+                return fetch_index(mirror, recipe.suite, rel, *job, opts.cache_dir)
+            except MirrorInconsistent as exc:
+                if job[1] != "all":
+                    raise
+                return exc
 
         # Downloads and lzma decompression of the indices overlap (both release the GIL).
-        jobs = [(index_url(mirror, recipe.suite, rel, n), rel.files[n].sha256, rel.files[n].size,
-                 opts.cache_dir, n) for n in names]
+        packages: list[Package] = []
         with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
-            for result in pool.map(_fetch_index, *zip(*jobs, strict=True)):
+            results = dict(zip(jobs, pool.map(one, jobs), strict=True))
+        for (comp, _arch), result in results.items():
+            if not isinstance(result, MirrorInconsistent):
                 packages += result
+                continue
+            # The Release says (No-Support-for-Architecture-all: Packages) that the per-architecture index
+            # carries the Architecture: all packages too: use them, if they really are there.
+            per_arch = results[(comp, recipe.architecture)]
+            if isinstance(per_arch, MirrorInconsistent) or not any(p.architecture == "all" for p in per_arch):
+                raise result
+            progress.warn(f"{mirror}: dists/{recipe.suite}/{comp}/binary-all/Packages cannot be verified "
+                          f"(probably mid-sync); using the Architecture: all packages of binary-{recipe.architecture}")
         progress.stage(f"resolve: {len(packages)} packages in the index, variant {recipe.variant}")
         universe = Universe(packages, recipe.architecture)
         where = f"{recipe.suite} {'/'.join(recipe.components)} {recipe.architecture}"

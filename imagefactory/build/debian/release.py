@@ -83,6 +83,6 @@ def check_valid_until(rel: Release, now: datetime, allow_expired: bool) -> None:
     """Refuse an expired Release (a replay or a stale mirror) unless explicitly allowed."""
     if rel.valid_until and now > rel.valid_until and not allow_expired:
         raise VerificationError(
-            f"Release of {rel.codename or rel.suite} expired on {rel.valid_until:%Y-%m-%d %H:%M} UTC "
-            f"(a stale mirror or snapshot); pass --allow-expired-release to accept it"
+            f"Release of {rel.codename or rel.suite} is past its Valid-Until ({rel.valid_until:%Y-%m-%d %H:%M} UTC): "
+            "a stale mirror or snapshot, or a replayed Release; pass --allow-expired-release to accept it"
         )
