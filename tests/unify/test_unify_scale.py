@@ -12,6 +12,8 @@ import pytest
 from tests.support.unify import write
 from unify import index, maintain
 from unify.engine import unify
+from unify.report.measure import measure
+from unify.report.text import render_text
 from unify.store import Store
 
 EXT4_LINK_MAX = 65_000
@@ -66,6 +68,9 @@ def test_link_limit_starts_a_second_entry_and_every_path_still_resolves(ext4):
     out = subprocess.run([sys.executable, "-c", "from imagefactory.cli import main; main()", "unify", "--status",
                           "--store", str(store)], capture_output=True, text=True, check=True).stdout
     assert "Link limit:   1 overflow entries" in out
+    report = measure(guests, store)  # ... and in the report
+    assert report.store is not None and report.store.overflow_entries == 1
+    assert "Link limit: 1 overflow entries" in render_text(report, 5)
     # A re-run decides every file by stat alone: nothing hashed, nothing opened, nothing linked.
     again = unify(guests, store, mode="hardlink")
     assert (again.hashed, again.linked, again.already_unified, again.new_entries) == (0, 0, len(paths), 0)

@@ -264,6 +264,9 @@ def render_html(report: Report, top: int = 20) -> str:
     s = report.store
     if s is not None:
         out += [f"<h2>Store</h2><p>{_e(s.path)}: {s.entries:,} entries, {_e(human(s.disk_bytes))} on disk.</p>"]
+        if s.overflow_entries:
+            out.append(f"<p>Link limit: {s.overflow_entries:,} overflow entries (contents linked more often "
+                       "than the filesystem allows per inode).</p>")
         if report.mode == "inode":
             out.append(_table(
                 [("Links", False), ("Entries", True), ("Disk", True)],

@@ -82,6 +82,7 @@ def _walk_store(store: Path, b: Builder) -> tuple[StoreFigures, dict[tuple[int, 
         figures.disk_bytes += st.st_blocks * 512
         if stat.S_ISREG(st.st_mode) and rel.startswith("/objects/") and ustore.parse_entry_name(name):
             entries[(st.st_dev, st.st_ino)] = (st.st_blocks * 512, rel)
+            figures.overflow_entries += ustore.copy_of(name) > 0
             nlinks.append((st.st_nlink, st.st_blocks * 512))
     figures.entries = len(entries)
     figures.orphans = sum(1 for n, _ in nlinks if n <= 1)
