@@ -27,6 +27,11 @@ COMMANDS: dict[str, str] = {
     "kernel": "kernel.cli:kernel",
     "seed": "imagefactory.seed.cli:seed",
     "guests": "imagefactory.seed.cli:guests",
+    "start": "imagefactory.seed.run_cli:start",
+    "stop": "imagefactory.seed.run_cli:stop",
+    "exec": "imagefactory.seed.run_cli:exec_",
+    "enter": "imagefactory.seed.run_cli:enter",
+    "limits": "imagefactory.seed.run_cli:limits",
     "mount": "imagefactory.seed.mount_cli:mount_cmd",
     "umount": "imagefactory.seed.mount_cli:umount_cmd",
 }

@@ -19,7 +19,7 @@ import re
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from imagefactory.core.atomic import staged_path, write_text
@@ -27,6 +27,7 @@ from imagefactory.core.errors import EnvironmentProblem, ImageFactoryError, Reci
 from imagefactory.core.hashing import sha256_file
 from imagefactory.core.progress import Progress
 from kernel.config import parse_config, render_fragment, unmet_options
+from kernel.debsource import ArchiveAccess
 from kernel.patching import apply_patch
 from kernel.patchstats import parse_patch, read_patch
 from kernel.recipe import KernelRecipe
@@ -35,8 +36,9 @@ from kernel.source import USR_SRC, resolve_patch, resolve_source
 DEFAULT_CACHE = Path(os.environ.get("IMAGEFACTORY_KERNEL_CACHE", "/var/cache/imagefactory/kernel"))
 MANIFEST = "kernel-manifest.json"
 MANIFEST_SCHEMA = "imagefactory-kernel-manifest/1"
-TOOLS = {"common": ["make", "gcc", "flex", "bison", "bc", "patch", "tar", "perl"], "deb": ["dpkg-deb"],
-         "rpm": ["rpmbuild"]}
+# dh_listpackages (debhelper): 6.12's bindeb-pkg runs dpkg-buildpackage, which checks Build-Depends.
+TOOLS = {"common": ["make", "gcc", "flex", "bison", "bc", "patch", "tar", "perl"],
+         "deb": ["dpkg-deb", "dh_listpackages"], "rpm": ["rpmbuild"]}
 
 
 class KernelBuildError(ImageFactoryError):
@@ -53,6 +55,7 @@ class BuildInputs:
     patches: list[tuple[str, Path, str]]  # (name, path, sha256)
     fragment: str  # canonical merged config request
     key: str
+    origin: dict = field(default_factory=dict)  # archive provenance of a [source] suite fetch
 
 
 def cache_key(tarball_sha256: str, patch_hashes: list[str], fragment: str, base: str, localversion: str,
@@ -72,14 +75,15 @@ def _base_identity(recipe: KernelRecipe) -> str:
     return f"file:{sha256_file(path)[0]}" if path.is_absolute() else recipe.config_base
 
 
-def resolve_inputs(recipe: KernelRecipe, cache_root: Path, usr_src: Path = USR_SRC) -> BuildInputs:
+def resolve_inputs(recipe: KernelRecipe, cache_root: Path, usr_src: Path = USR_SRC, access: ArchiveAccess | None = None,
+                   progress: Progress | None = None) -> BuildInputs:
     downloads = cache_root / "downloads"
-    tarball, tar_sha = resolve_source(recipe.source, downloads, usr_src)
+    src = resolve_source(recipe.source, downloads, usr_src, access, progress)
     patches = [(p.name, *resolve_patch(p, downloads)) for p in recipe.patches]
     fragment = render_fragment(recipe.config_request)
-    key = cache_key(tar_sha, [p[2] for p in patches], fragment, _base_identity(recipe), recipe.localversion,
+    key = cache_key(src.sha256, [p[2] for p in patches], fragment, _base_identity(recipe), recipe.localversion,
                     recipe.formats)
-    return BuildInputs(recipe, tarball, tar_sha, patches, fragment, key)
+    return BuildInputs(recipe, src.tarball, src.sha256, patches, fragment, key, src.origin)
 
 
 def check_tools(formats: list[str]) -> None:
@@ -223,6 +227,54 @@ def build(inputs: BuildInputs, out_dir: Path, cache_root: Path = DEFAULT_CACHE, 
     return BuildResult(manifest, out_dir / MANIFEST, packages, cached)
 
 
+def _prepare_tree(steps: _Steps, inputs: BuildInputs, build_dir: Path, env: dict) -> Path:
+    """Unpack the source, apply the patches, configure and check the config; the ready tree."""
+    tree = _unpack(steps, inputs, build_dir)
+    for name, path, _sha in inputs.patches:
+        steps.progress.stage(f"kernel: patch {name}")
+        try:
+            apply_patch(tree, name, path, steps.log)
+        except RecipeError as exc:
+            steps.fail(f"patch {name}", str(exc))
+            raise RecipeError(f"{exc}; log kept: {steps.log_path}") from None
+    _configure(steps, inputs, tree, env)
+    return tree
+
+
+@dataclass(frozen=True)
+class ConfigureResult:
+    """What `kernel build --configure-only` proved: the patches apply and every requested option stuck."""
+
+    recipe: str
+    kernel_version: str
+    patches: list[str]
+    options_checked: int
+    config: Path  # the final .config, kept
+    log: Path
+
+
+def configure_only(inputs: BuildInputs, cache_root: Path = DEFAULT_CACHE,
+                   progress: Progress | None = None) -> ConfigureResult:
+    """Unpack, patch and configure without compiling (a CI-sized proof of a recipe); the tree is removed after."""
+    progress = progress or Progress()
+    check_tools([])
+    work = cache_root / f"{inputs.key}-configure"
+    work.mkdir(parents=True, exist_ok=True)
+    with open(cache_root / f"{inputs.key}-configure.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        steps = _Steps(work / "configure.log", progress)
+        try:
+            tree = _prepare_tree(steps, inputs, work, _make_env(work))
+            version = subprocess.run(["make", "-s", "kernelversion"], cwd=tree, capture_output=True, text=True,
+                                     env=_make_env(work)).stdout.strip()
+            shutil.copyfile(tree / ".config", work / "final.config")
+        finally:
+            steps.close()
+            shutil.rmtree(work / "src", ignore_errors=True)
+    return ConfigureResult(inputs.recipe.name, version, [name for name, _p, _s in inputs.patches],
+                           len(inputs.recipe.config_request), work / "final.config", work / "configure.log")
+
+
 def _build(inputs: BuildInputs, build_dir: Path, jobs: int, progress: Progress) -> dict:
     recipe = inputs.recipe
     (build_dir / MANIFEST).unlink(missing_ok=True)
@@ -230,15 +282,7 @@ def _build(inputs: BuildInputs, build_dir: Path, jobs: int, progress: Progress) 
     progress.stage(f"kernel: building {recipe.name} in {build_dir} (log: {steps.log_path})")
     try:
         env = _make_env(build_dir)
-        tree = _unpack(steps, inputs, build_dir)
-        for name, path, _sha in inputs.patches:
-            progress.stage(f"kernel: patch {name}")
-            try:
-                apply_patch(tree, name, path, steps.log)
-            except RecipeError as exc:
-                steps.fail(f"patch {name}", str(exc))
-                raise RecipeError(f"{exc}; log kept: {steps.log_path}") from None
-        _configure(steps, inputs, tree, env)
+        tree = _prepare_tree(steps, inputs, build_dir, env)
         # One package target per make run: two in one `make -j` race on the shared build (objtool).
         for fmt in recipe.formats:
             target = {"deb": "bindeb-pkg", "rpm": "binrpm-pkg"}[fmt]
@@ -265,7 +309,8 @@ def _manifest(inputs: BuildInputs, tree: Path, release: str, files: list[Path], 
         "kernel_release": release,
         "cache_key": inputs.key,
         "source": {"tarball": inputs.tarball.name, "sha256": inputs.tarball_sha256,
-                   "debian_package": recipe.source.debian_package},
+                   "debian_package": recipe.source.debian_package,
+                   **({"archive": inputs.origin} if inputs.origin else {})},
         "patches": [
             {"name": name, "sha256": sha,
              **{k: v for k, v in parse_patch(read_patch(path), name).to_dict().items() if k != "name"}}

@@ -86,8 +86,8 @@ def parse_patch(text: str, name: str = "<patch>") -> PatchStats:
 
 def read_patch(path: Path) -> str:
     """Patch text, decompressed by extension; undecodable bytes are kept as escapes."""
-    opener = _OPENERS.get(path.suffix, open)
-    with opener(path, "rb") as handle:
+    opener = _OPENERS.get(path.suffix)
+    with (opener(path, "rb") if opener else open(path, "rb")) as handle:
         return handle.read().decode("utf-8", errors="surrogateescape")
 
 

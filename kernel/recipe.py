@@ -20,15 +20,24 @@ FORMATS = ("deb", "rpm")
 _LOCALVERSION = re.compile(r"^[-+.a-z0-9]{0,40}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _DEBIAN_SOURCE = re.compile(r"^linux-source-\d+\.\d+$")
+_SUITE = re.compile(r"^[a-z][-a-z0-9]{0,40}$")
+_DEBIAN_VERSION = re.compile(r"^[0-9][-+.~:a-zA-Z0-9]{0,80}$")
 
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """Exactly one of debian_package (tarball under /usr/src) or tarball (path or URL)."""
+    """Exactly one of debian_package or tarball (path or URL).
+
+    debian_package alone: its tarball under /usr/src (installed with apt). With suite: the
+    package is fetched from that suite of the host's Debian mirror and verified (signed
+    InRelease, then Packages, then the .deb's sha256); version pins one version of it.
+    """
 
     debian_package: str | None = None
     tarball: str | None = None
     sha256: str | None = None
+    suite: str | None = None
+    version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,15 +86,23 @@ def _sha(value, where: str) -> str | None:
 
 
 def _source(data: dict, where: str, base: Path) -> SourceSpec:
-    src = _table(data, "source", where, {"debian_package", "tarball", "sha256"})
+    src = _table(data, "source", where, {"debian_package", "tarball", "sha256", "suite", "version"})
     pkg, tarball = src.get("debian_package"), src.get("tarball")
     if bool(pkg) == bool(tarball):
         raise RecipeError(f"{where}: [source] needs exactly one of debian_package or tarball")
     sha = _sha(src.get("sha256"), f"{where}: [source]")
+    suite, version = src.get("suite"), src.get("version")
     if pkg:
         if not _DEBIAN_SOURCE.match(str(pkg)):
             raise RecipeError(f"{where}: [source] debian_package must look like linux-source-6.1, got {pkg!r}")
-        return SourceSpec(debian_package=pkg, sha256=sha)
+        if suite is not None and not _SUITE.match(str(suite)):
+            raise RecipeError(f"{where}: [source] suite must be a Debian suite name like trixie, got {suite!r}")
+        if version is not None and (suite is None or not _DEBIAN_VERSION.match(str(version))):
+            raise RecipeError(f"{where}: [source] version needs suite and must be a Debian version "
+                              f"like 6.12.117-1, got {version!r}")
+        return SourceSpec(debian_package=pkg, sha256=sha, suite=suite, version=version)
+    if suite is not None or version is not None:
+        raise RecipeError(f"{where}: [source] suite and version go with debian_package, not tarball")
     if not isinstance(tarball, str):
         raise RecipeError(f"{where}: [source] tarball must be a string, got {tarball!r}")
     if _is_url(tarball):

@@ -5,11 +5,17 @@ target directory (a mount may refuse what the kernel supports, and the only
 honest answer to "does FICLONE work here?" is to clone something). Used by
 `imagefactory unify --mode auto`, `imagefactory kernel probe` and the seed
 barrier check.
+
+`probe_composefs` answers what a composefs store with kernel-enforced
+integrity needs, each with the evidence it rests on: fs-verity (the ioctl on
+a probe file), EROFS (/proc/filesystems or the module), and overlayfs with a
+data-only lower layer and verity=require (real mount attempts).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import os
@@ -27,6 +33,12 @@ FS_BARRIER_FL = 0x04000000
 FS_IOC_GETFLAGS = 0x80086601
 FS_IOC_SETFLAGS = 0x40086602
 FICLONE = 0x40049409
+# fs-verity (linux/fsverity.h): _IOW('f', 133, struct fsverity_enable_arg), _IOWR('f', 134, struct fsverity_digest).
+FS_IOC_ENABLE_VERITY = 0x40806685
+FS_IOC_MEASURE_VERITY = 0xC0046686
+FS_VERITY_HASH_ALG_SHA256 = 1
+MS_RDONLY = 1
+MNT_DETACH = 2
 
 VIRTUAL_INFO = Path("/proc/virtual/info")
 PROBE_PREFIX = ".imagefactory-probe-"
@@ -218,3 +230,138 @@ def probe(path: Path) -> ProbeResult:
         reflink = False
     auto, reason = decide_auto(vserver, ixunlink, immutable, reflink, fs)
     return ProbeResult(vserver, vci, immutable, ixunlink, reflink, fs, auto, reason)
+
+
+@dataclass(frozen=True)
+class ComposefsSupport:
+    """What composefs with kernel-enforced integrity needs, each with the evidence it rests on.
+
+    fsverity: FS_IOC_ENABLE_VERITY worked on a probe file in the directory (kernel and filesystem).
+    erofs: the kernel mounts EROFS (the metadata image).
+    overlay_data_only: overlayfs mounted `metacopy=on,redirect_dir=on,lowerdir=A::B` (B a data-only
+        layer, kernel >= 6.5; data-only layers need metacopy, which a kernel may leave off by default).
+    overlay_verity: overlayfs accepted `verity=require` on top of that (kernel >= 6.6).
+    """
+
+    fsverity: bool
+    fsverity_evidence: str
+    erofs: bool
+    erofs_evidence: str
+    overlay_data_only: bool
+    overlay_data_only_evidence: str
+    overlay_verity: bool
+    overlay_verity_evidence: str
+
+    @property
+    def verity_ready(self) -> bool:
+        """A composefs guest can be mounted here with verity=require on objects in this directory."""
+        return self.fsverity and self.erofs and self.overlay_data_only and self.overlay_verity
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "composefs_verity_ready": self.verity_ready}
+
+
+def _errno_name(err: int) -> str:
+    return "EOPNOTSUPP" if err == errno.EOPNOTSUPP else errno.errorcode.get(err, str(err))
+
+
+def try_fsverity(directory: Path) -> tuple[bool, str]:
+    """Enable fs-verity on a probe file in directory and measure it; (worked, evidence)."""
+    fs = filesystem_type(directory)
+    with tempfile.TemporaryDirectory(prefix=PROBE_PREFIX, dir=directory) as tmp:
+        path = Path(tmp, "verity")
+        path.write_bytes(b"imagefactory fs-verity probe\n" * 200)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            arg = struct.pack("IIIIQIIQ88x", 1, FS_VERITY_HASH_ALG_SHA256, 4096, 0, 0, 0, 0, 0)
+            fcntl.ioctl(fd, FS_IOC_ENABLE_VERITY, arg)
+            digest = bytearray(struct.pack("HH", 0, 64) + bytes(64))
+            fcntl.ioctl(fd, FS_IOC_MEASURE_VERITY, digest, True)
+        except OSError as exc:
+            return False, (f"FS_IOC_ENABLE_VERITY on a probe file in {directory} ({fs}): "
+                           f"{_errno_name(exc.errno or 0)}{_verity_hint(exc.errno, fs)}")
+        finally:
+            os.close(fd)
+    size = struct.unpack("HH", bytes(digest[:4]))[1]
+    return True, (f"FS_IOC_ENABLE_VERITY on a probe file in {directory} ({fs}): enabled; "
+                  f"FS_IOC_MEASURE_VERITY sha256:{bytes(digest[4:4 + size]).hex()[:16]}...")
+
+
+def _verity_hint(err: int | None, fs: str) -> str:
+    if err == errno.EOPNOTSUPP and fs == "ext4":
+        if Path("/sys/fs/ext4/features/verity").exists():
+            return " (the kernel has ext4 verity; this filesystem lacks the feature: tune2fs -O verity)"
+        return " (no fs-verity in this kernel: /sys/fs/ext4/features/verity missing)"
+    if err in (errno.EOPNOTSUPP, errno.ENOTTY):
+        return f" (no fs-verity for {fs} in this kernel)"
+    return ""
+
+
+def find_erofs(filesystems: str | None = None, modules: Path | None = None) -> tuple[bool, str]:
+    """Does the kernel mount EROFS: listed in /proc/filesystems, or its module is installed."""
+    try:
+        text = filesystems if filesystems is not None else Path("/proc/filesystems").read_text()
+    except OSError as exc:
+        return False, f"/proc/filesystems unreadable: {exc.strerror}"
+    if "erofs" in {line.split()[-1] for line in text.splitlines() if line.split()}:
+        return True, "erofs listed in /proc/filesystems"
+    modules = modules or Path("/lib/modules") / os.uname().release
+    found = sorted((modules / "kernel/fs/erofs").glob("erofs.ko*")) if (modules / "kernel/fs/erofs").is_dir() else []
+    if found:
+        return True, f"erofs not in /proc/filesystems, module {found[0]} (loaded on first mount)"
+    return False, f"erofs neither in /proc/filesystems nor as a module under {modules}"
+
+
+def _mount(source: str, target: str, fstype: str, flags: int, options: str) -> int:
+    """mount(2); 0 or the errno."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(source.encode(), target.encode(), fstype.encode(), ctypes.c_ulong(flags), options.encode()) == 0:
+        libc.umount2(target.encode(), MNT_DETACH)
+        return 0
+    return ctypes.get_errno()
+
+
+def try_overlay_data_only(directory: Path) -> tuple[tuple[bool, str], tuple[bool, str]]:
+    """Mount overlayfs as composefs does (metacopy, redirect_dir, a data-only lower layer) in directory,
+    then the same with verity=require.
+
+    Returns ((data_only, evidence), (verity, evidence)). Needs CAP_SYS_ADMIN; the layers are
+    named through /proc/self/fd so no character of directory's path can upset the option string.
+    """
+    with tempfile.TemporaryDirectory(prefix=PROBE_PREFIX, dir=directory) as tmp:
+        for name in ("lower", "data", "mnt"):
+            os.mkdir(os.path.join(tmp, name))
+        Path(tmp, "lower", "file").write_bytes(b"probe\n")
+        fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            layers = f"metacopy=on,redirect_dir=on,lowerdir=/proc/self/fd/{fd}/lower::/proc/self/fd/{fd}/data"
+            plain = _mount("imagefactory-probe", os.path.join(tmp, "mnt"), "overlay", MS_RDONLY, layers)
+            verity = _mount("imagefactory-probe", os.path.join(tmp, "mnt"), "overlay", MS_RDONLY,
+                            f"verity=require,{layers}")
+        finally:
+            os.close(fd)
+    return (_mount_verdict(plain, "metacopy=on,redirect_dir=on,lowerdir=A::B"),
+            _mount_verdict(verity, "verity=require,metacopy=on,redirect_dir=on,lowerdir=A::B"))
+
+
+def _mount_verdict(err: int, options: str) -> tuple[bool, str]:
+    if err == 0:
+        return True, f"mount -t overlay -o ro,{options}: mounted"
+    hint = {errno.EPERM: " (needs CAP_SYS_ADMIN: run as root)", errno.ENODEV: " (no overlayfs in this kernel)",
+            errno.EINVAL: " (option refused: kernel too old?)"}.get(err, "")
+    return False, f"mount -t overlay -o ro,{options}: {_errno_name(err)}{hint}"
+
+
+def probe_composefs(path: Path) -> ComposefsSupport:
+    """Try everything a verity-protected composefs store in directory `path` needs."""
+    path = Path(path)
+    try:
+        fsverity = try_fsverity(path)
+    except OSError as exc:
+        fsverity = (False, f"cannot create a probe file in {path}: {exc.strerror}")
+    erofs = find_erofs()
+    try:
+        data_only, verity = try_overlay_data_only(path)
+    except OSError as exc:
+        data_only = verity = (False, f"cannot create probe layers in {path}: {exc.strerror}")
+    return ComposefsSupport(*fsverity, *erofs, *data_only, *verity)

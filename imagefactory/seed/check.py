@@ -14,7 +14,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from imagefactory.seed.barrier import BarrierStatus
+from imagefactory.seed.cgroups import Layout
 from imagefactory.seed.inventory import GuestInfo
+from imagefactory.seed.limits import Limits, render
 
 MIB = 1024 * 1024
 
@@ -22,7 +24,7 @@ MIB = 1024 * 1024
 @dataclass(frozen=True)
 class Finding:
     level: str  # "error" (must fix) or "warning"
-    code: str  # overcommit, duplicate-context, duplicate-ip, no-barrier
+    code: str  # overcommit, duplicate-context, duplicate-ip, no-barrier, not-enforced, no-controller, ...
     message: str
 
     def to_dict(self) -> dict:
@@ -76,3 +78,51 @@ def vdir_parents(guests: list[GuestInfo], extra: list[Path]) -> list[Path]:
     """The directories holding guest roots (where the barrier belongs)."""
     parents = {Path(os.path.abspath(g.root)).parent for g in guests if g.root} | {p.absolute() for p in extra}
     return sorted(p for p in parents if p.is_dir())
+
+
+def lxc_keys(text: str) -> list[tuple[str, str]]:
+    """(key, value) lines of an LXC config, in order."""
+    pairs = []
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.lstrip().startswith("#"):
+            pairs.append((key.strip(), value.strip()))
+    return pairs
+
+
+def enforcement(name: str, lxc_text: str, limits: Limits, layout: Layout, page_size: int,
+                disk_mode: str | None) -> list[Finding]:
+    """What of guest NAME's limits its LXC config would not get enforced on a host with this layout."""
+    findings = []
+    rendered = render(limits, page_size, layout)
+    have = lxc_keys(lxc_text)
+    cgroup_keys = [(k, v) for k, v in have if k.startswith(("lxc.cgroup.", "lxc.cgroup2."))]
+    for what in rendered.unenforced:
+        findings.append(Finding("error", "no-controller",
+                                f"{name}: no {what} controller on this host ({layout.kind}): its {what} limit "
+                                "cannot be enforced"))
+    reported = set()
+    for key, value in rendered.lxc:
+        controller = key.split(".")[2] if key.startswith(("lxc.cgroup.", "lxc.cgroup2.")) else None
+        if controller and controller not in reported and (key, value) not in cgroup_keys:
+            reported.add(controller)
+            wrong = [k for k, _ in cgroup_keys if k.split(".")[2] == controller]
+            findings.append(Finding(
+                "error", "not-enforced",
+                f"{name}: {controller} limit not enforced here ({layout.describe()}): its LXC config has "
+                f"{', '.join(wrong) or 'no key for it'}, this host needs {key} = {value}; "
+                f"rewrite with: imagefactory limits {name}"))
+    drops = [v for k, v in have if k == "lxc.cap.drop"]
+    cleared = "" in drops
+    dropped = {c.upper() for c in (drops[-1].split() if drops else [])}
+    if not cleared or dropped != set(limits.dropped):
+        findings.append(Finding("warning", "capabilities",
+                                f"{name}: its LXC bounding set differs from its limits (drops "
+                                f"{' '.join(sorted(dropped)) or 'nothing beyond common.conf'}); "
+                                f"rewrite with: imagefactory limits {name}"))
+    if disk_mode == "quota" and "SYS_RESOURCE" not in limits.dropped:
+        findings.append(Finding("warning", "quota-bypass",
+                                f"{name}: keeps SYS_RESOURCE, so root in the guest ignores its disk quota"))
+    if limits.disk is not None and disk_mode is None:
+        findings.append(Finding("error", "no-disk-layer", f"{name}: disk limit set but its own layer is missing"))
+    return findings

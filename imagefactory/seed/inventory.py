@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from imagefactory.seed import contexts
+from imagefactory.seed import contexts, disk, runtime
 from imagefactory.seed.vserver_conf import MANIFEST
 from repo.artifacts import image_version
 from unify.composefs.guest import GuestLayers, Usage, usage
@@ -70,6 +71,10 @@ class GuestInfo:
     cpu_percent: float | None
     disk_usage: int | None
     shared_percent: float | None
+    state: str | None = None  # LXC's: RUNNING, STOPPED, ... (None when not measured)
+    disk_used: int | None = None  # bytes in the guest's own layer (what counts against disk_limit)
+    disk_limit: int | None = None  # its disk limit (dlimits), None: unlimited
+    disk_mode: str | None = None  # image or quota
     mounted: bool | None = None  # composefs guests: is the overlay mounted at the root?
     upper_bytes: int | None = None  # composefs guests: disk use of the guest's own changes
 
@@ -77,8 +82,13 @@ class GuestInfo:
         return asdict(self)
 
 
-def read_guest(conf: Path, page_size: int, *, measure: bool = True) -> GuestInfo:
-    """One guest's facts from util-vserver's layout (plus our manifest copy)."""
+def read_guest(conf: Path, page_size: int, *, measure: bool = True, live: bool | None = None) -> GuestInfo:
+    """One guest's facts from util-vserver's layout (plus our manifest copy).
+
+    measure: walk the root for disk usage and shared % (O(files)); live (default: as measure):
+    ask LXC for the state and the disk-limit layer for its use (a subprocess per guest).
+    """
+    live = measure if live is None else live
     try:
         manifest = json.loads((conf / MANIFEST).read_text())
     except (OSError, ValueError):
@@ -90,9 +100,13 @@ def read_guest(conf: Path, page_size: int, *, measure: bool = True) -> GuestInfo
     fill, interval = _int(conf / "sched/fill-rate"), _int(conf / "sched/interval")
     cfs = composefs_usage(root) if root is not None else None
     usage = tree_usage(root) if measure and root is not None and root.is_dir() and cfs is None else None
+    context = contexts.read_context(conf)
+    space = _int(conf / "dlimits/0/space_total")
+    layer = disk.Layer(Path(os.path.normpath(root))) if root is not None else None
+    own = disk.usage(layer, context) if live and layer is not None and layer.mode else None
     return GuestInfo(
         name=_read(conf / "name") or conf.name,
-        context=contexts.read_context(conf),
+        context=context,
         conf=str(conf),
         root=str(root) if root else None,
         image=manifest.get("name"),
@@ -103,6 +117,10 @@ def read_guest(conf: Path, page_size: int, *, measure: bool = True) -> GuestInfo
         cpu_percent=float(Fraction(fill * 100, interval)) if fill and interval else None,
         disk_usage=usage.disk_usage if usage else (cfs.state_bytes if cfs and measure else None),
         shared_percent=round(100 * usage.shared_bytes / usage.file_bytes, 1) if usage and usage.file_bytes else None,
+        state=runtime.lxc_state(conf / "lxc", conf.name) if live else None,
+        disk_used=own[0] if own else None,
+        disk_limit=space * 1024 if space is not None else None,
+        disk_mode=layer.mode if layer is not None else None,
         mounted=cfs.mounted if cfs else None,
         upper_bytes=cfs.upper_bytes if cfs else None,
     )
@@ -144,5 +162,13 @@ def guest_dirs(confdir: Path) -> list[Path]:
     ]
 
 
-def list_guests(confdir: Path, page_size: int, *, measure: bool = True) -> list[GuestInfo]:
-    return [read_guest(d, page_size, measure=measure) for d in guest_dirs(confdir)]
+def list_guests(confdir: Path, page_size: int, *, measure: bool = True,
+                live: bool | None = None) -> list[GuestInfo]:
+    """Every guest, in name order. Live facts cost one `lxc-info` per guest, so they are asked
+    8 at a time (measured with 1,000 LXC guests on the 2 shared cores: 1.9-2.4 s; one by one
+    2.9-3.7 s; 16 at a time slower)."""
+    dirs = guest_dirs(confdir)
+    if not (measure if live is None else live) or len(dirs) < 2:
+        return [read_guest(d, page_size, measure=measure, live=live) for d in dirs]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(lambda d: read_guest(d, page_size, measure=measure, live=live), dirs))

@@ -28,13 +28,16 @@ def render(guest: Guest, limits: Rendered, *, boot: bool) -> dict[str, str]:
         f"Boot={'yes' if boot else 'no'}\n"
         f"Hostname={guest.hostname}\n"
         "PrivateUsers=pick\n"
+        "# the bounding set, as bcapabilities and lxc.cap.drop state it (honoured in /etc/systemd/nspawn/)\n"
+        + "".join(f"{key}={value}\n" for key, value in limits.nspawn.items()) +
         "\n"
         "[Files]\n"
         "# map ids with an idmapped mount, never chown: unified files are shared with other guests\n"
         "PrivateUsersOwnership=map\n"
         "\n"
         "[Network]\n"
-        f"# the guest configures {guest.interface.cidr} itself on this macvlan\n"
+        f"# the guest configures {guest.interface.cidr} itself on this macvlan"
+        f"{' (needs --cap-add NET_ADMIN)' if 'CAP_NET_ADMIN' in limits.nspawn['DropCapability'].split() else ''}\n"
         f"MACVLAN={guest.interface.dev}\n"
     )
     dropin = (

@@ -20,7 +20,7 @@ from pathlib import Path
 from imagefactory.core.atomic import remove_tree, staging_name
 from imagefactory.core.errors import ImageFactoryError
 from imagefactory.core.progress import Progress
-from imagefactory.seed import barrier, contexts, lxc, nspawn, unpack, vserver_conf
+from imagefactory.seed import barrier, cgroups, contexts, disk, lxc, nspawn, unpack, vserver_conf
 from imagefactory.seed.guest import Guest
 from imagefactory.seed.limits import render
 
@@ -37,6 +37,9 @@ class SeedResult:
     files: dict[str, str] = field(default_factory=dict)  # format -> path of its config
     replaced: bool = False
     leftovers: list[str] = field(default_factory=list)  # old trees we could not delete
+    cgroup: str = ""  # the host's cgroup layout the keys were written for
+    unenforced: list[str] = field(default_factory=list)  # limits this host's cgroups cannot carry
+    disk: str | None = None  # how the disk limit is applied: image, quota (None: no limit)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -107,6 +110,25 @@ def clean_stale(target: Path) -> None:
         pid = entry.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             remove_tree(entry)
+    # and the own layers (disk limit) those seeds were making: VDIR/.own/.NAME.partial-PID*
+    own = disk.Layer(target).base
+    if own.is_dir():
+        stale = {entry.name.split(".img")[0] for entry in own.glob(f".{target.name}.partial-*")}
+        for name in sorted(stale):
+            pid = name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                disk.remove(disk.Layer(target.parent / name))
+
+
+def config_tree(guest: Guest, context: int, manifest_json: str, *, boot: bool,
+                layout: cgroups.Layout) -> tuple[vserver_conf.ConfTree, list[str]]:
+    """Every config file of a guest, all rendered from guest.limits for this cgroup layout;
+    also the limits the layout cannot enforce."""
+    limits = render(guest.limits, os.sysconf("SC_PAGE_SIZE"), layout)
+    tree = vserver_conf.render(guest, context, limits, manifest_json)
+    tree.add(nspawn.render(guest, limits, boot=boot))
+    tree.add(lxc.render(guest, limits))
+    return tree, limits.unenforced
 
 
 class PlainRoot:
@@ -141,11 +163,17 @@ class PlainRoot:
 
 def seed_image(
     image: Path, guest: Guest, *, replace: bool = False, progress: Progress | None = None,
-    layout: PlainRoot | None = None,
+    layout: PlainRoot | None = None, cgroup_layout: cgroups.Layout | None = None, disk_mode: str = "auto",
 ) -> SeedResult:
-    """Seed guest from a local image whose manifest sits beside it."""
+    """Seed guest from a local image whose manifest sits beside it.
+
+    `layout` fills the root (default: the image unpacked; seed/composefs.py: composefs
+    layers). The cgroup keys follow `cgroup_layout` (default: this host's, seed/cgroups.py).
+    With a disk limit, the guest's own layer is made too (seed/disk.py).
+    """
     progress = progress or Progress(quiet=True)
     layout = layout or PlainRoot()
+    cgroup_layout = cgroup_layout or cgroups.detect()
     manifest = unpack.load_manifest(image)
     with open(image, "rb") as fh:
         progress.stage(f"verifying {image.name}")
@@ -168,14 +196,26 @@ def seed_image(
                 root_stage.mkdir(mode=0o755)
                 layout.fill(fh, manifest, root_stage, guest, progress)
                 progress.stage(f"writing config {guest.conf} (context {context})")
-                limits = render(guest.limits, os.sysconf("SC_PAGE_SIZE"))
-                tree = vserver_conf.render(guest, context, limits, json.dumps(manifest, indent=2) + "\n")
-                tree.add(nspawn.render(guest, limits, boot=layout.has_init(root_stage)))
-                tree.add(lxc.render(guest, limits))
+                tree, unenforced = config_tree(guest, context, json.dumps(manifest, indent=2) + "\n",
+                                               boot=layout.has_init(root_stage), layout=cgroup_layout)
                 tree.add(layout.conf_files(guest))
                 write_tree(conf_stage, tree)
                 layout.before_commit(guest)
-                old = commit([*layout.pairs(), (root_stage, guest.root), (conf_stage, guest.conf)])
+                # The own layer is made under the staging name and renamed with the root.
+                staged_layer, layer = disk.Layer(root_stage), disk.Layer(guest.root)
+                way = None
+                try:
+                    if guest.limits.disk is not None:
+                        progress.stage(f"making the own layer of {guest.name} ({guest.limits.disk} bytes)")
+                        way = disk.setup(staged_layer, guest.limits.disk, disk_mode, context)
+                    old = commit([*layout.pairs(), (root_stage, guest.root), (conf_stage, guest.conf)])
+                except BaseException:
+                    disk.remove(staged_layer)
+                    raise
+                if layer.mode is not None:  # the replaced guest's layer, or one a killed seed left
+                    disk.remove(layer)
+                if way is not None:
+                    disk.rename(staged_layer, layer)
             finally:
                 for stage in (root_stage, conf_stage):
                     if os.path.lexists(stage):
@@ -205,4 +245,7 @@ def seed_image(
         },
         replaced=bool(old),
         leftovers=leftovers,
+        cgroup=cgroup_layout.describe(),
+        unenforced=unenforced,
+        disk=way,
     )

@@ -18,6 +18,7 @@ FSTAB = (
     "none\t/dev/pts\tdevpts\tgid=5,mode=620\t\t0 0\n"
 )
 MANIFEST = "apps/imagefactory/manifest.json"  # which image (name, sha256) the guest came from
+LIMITS = "apps/imagefactory/limits.json"  # the Limits every limit file here is rendered from
 
 
 @dataclass
@@ -43,10 +44,14 @@ def render(guest: Guest, context: int, limits: Rendered, manifest_json: str) -> 
             "fstab": FSTAB,
             "apps/init/mark": "default\n",
             MANIFEST: manifest_json,
+            LIMITS: guest.limits.to_json(),
             **limits.vserver,
         },
         links={"vdir": str(guest.root)},
     )
+    if guest.limits.disk is not None:
+        # VServer counted the context's own files below this directory.
+        tree.files["dlimits/0/directory"] = f"{guest.root}\n"
     if guest.store is not None:
         # vhashify looks for its store through the symlinks in apps/vunify/hash/.
         tree.links["apps/vunify/hash/0"] = str(guest.store)

@@ -35,24 +35,9 @@
 #endif
 #define PROTECTED (FS_IMMUTABLE_FL | FS_IXUNLINK_FL)
 #define STORE_TEXT "shared store content\n"
+#define TEST_TAG "IXUNLINK"
+#include "vmtest.h"
 
-static int passed, failed;
-
-static void result(const char *rule, int ok, const char *fmt, ...)
-{
-	char detail[256];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(detail, sizeof(detail), fmt, ap);
-	va_end(ap);
-	printf("IXUNLINK-TEST %s %s %s\n", rule, ok ? "PASS" : "FAIL", detail);
-	fflush(stdout);
-	if (ok)
-		passed++;
-	else
-		failed++;
-}
 
 /* Expect a call to fail with EPERM; rc is its return value, errno is read here. */
 static void expect_eperm(const char *rule, int rc)
@@ -280,8 +265,7 @@ int main(void)
 		if (chdir("/") < 0 || umount("/mnt") < 0)
 			result("umount", 0, "%s", strerrorname_np(errno));
 	}
-	printf("IXUNLINK-SUMMARY passed=%d failed=%d\n", passed, failed);
-	fflush(stdout);
+	summary();
 	sync();
 	reboot(RB_AUTOBOOT); /* qemu runs with -no-reboot, so this ends the VM */
 	return 0;

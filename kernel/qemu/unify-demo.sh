@@ -35,6 +35,11 @@ for g in g1 g2; do
 done
 
 step probe_detects_ixunlink sh -c 'ifc kernel probe --json /vservers >/tmp/probe.json && python3 -c "import json,sys; d=json.load(open(\"/tmp/probe.json\")); print({k: d[k] for k in (\"vserver\", \"immutable\", \"ixunlink\", \"filesystem\", \"auto_mode\")}); sys.exit(0 if d[\"ixunlink\"] and d[\"immutable\"] and d[\"auto_mode\"] == \"vserver\" else 1)"'
+if [ "${DEMO_COMPOSEFS:-0}" = 1 ]; then
+	# A kernel with the guest-host fragment on an ext4 root made with -O verity: the same probe
+	# must see fs-verity, EROFS and overlayfs data-only layers with verity=require.
+	step probe_detects_composefs sh -c 'python3 -c "import json,sys; d=json.load(open(\"/tmp/probe.json\")); keys=(\"fsverity\", \"erofs\", \"overlay_data_only\", \"overlay_verity\"); print({k: d[k] for k in keys + (\"composefs_verity_ready\",)}); [print(k, d[k + \"_evidence\"]) for k in keys]; sys.exit(0 if d[\"composefs_verity_ready\"] else 1)"'
+fi
 step unify_vserver sh -c 'ifc --debug unify /vservers/g1 /vservers/g2 --store /vservers/.hash --mode vserver --json -q >/tmp/unify.json && python3 -c "import json; d=json.load(open(\"/tmp/unify.json\")); print({k: d.get(k) for k in (\"mode\", \"linked\", \"bytes_saved\")}); assert d[\"linked\"] > 0, d"'
 step same_inode sh -c '[ "$(stat -c %i /vservers/g1/usr/bin/tool)" = "$(stat -c %i /vservers/g2/usr/bin/tool)" ] && stat -c "inode %i links %h" /vservers/g1/usr/bin/tool'
 step flags_immutable_ixunlink sh -c 'f=$(flags_of /vservers/g1/usr/bin/tool); printf "flags %#x\\n" "$f"; [ $((f & 0x08000010)) -eq $((0x08000010)) ]'

@@ -40,6 +40,9 @@ def test_wheel_has_exclude_list_and_kernel_data(installed: Path, tmp_path: Path)
     site = next(installed.parent.parent.glob("lib/python3*/site-packages"))
     assert (site / "unify/vunify-exclude").is_file()
     assert (site / "kernel/patches/series").is_file() and (site / "kernel/recipes/host-6.1.toml").is_file()
+    assert (site / "kernel/patches/6.12/series").is_file() and (site / "kernel/recipes/host-6.12.toml").is_file()
+    assert (site / "kernel/patches/6.12/0001-vfs-ixunlink-flag.patch").is_file()
+    assert (site / "kernel/config/guest-host.config").is_file() and (site / "kernel/qemu/composefs-test.c").is_file()
     guest = tmp_path / "g"
     (guest / "etc").mkdir(parents=True)
     out = run(installed, "unify", "-n", str(guest), "--store", str(tmp_path / "store"), "--mode", "hardlink",

@@ -60,7 +60,8 @@ def test_failed_step_named_and_log_kept(tmp_path):
 
 def test_patch_that_does_not_apply_names_file_and_hunk(tmp_path):
     tarball = fake_source(tmp_path, "all:\n")
-    (tmp_path / "0001-bad.patch").write_text("--- a/fs/namei.c\n+++ b/fs/namei.c\n@@ -1,3 +1,3 @@\n one\n-TWO\n+2\n three\n")
+    (tmp_path / "0001-bad.patch").write_text(
+        "--- a/fs/namei.c\n+++ b/fs/namei.c\n@@ -1,3 +1,3 @@\n one\n-TWO\n+2\n three\n")
     (tmp_path / "series").write_text("0001-bad.patch\n")
     path = recipe(tmp_path, tarball, '[patches]\nseries = "series"\n')
     inputs = resolve_inputs(load_recipe(path), tmp_path / "cache")
@@ -127,7 +128,8 @@ def test_config_option_that_does_not_stick_is_named(tmp_path):
     need_tool("make", "gcc", "flex", "bison")
     (tmp_path / "frag.config").write_text("CONFIG_64BIT=y\n# CONFIG_BLOCK is not set\nCONFIG_EXT4_FS=y\n")
     path = tmp_path / "k.toml"
-    path.write_text('[source]\ndebian_package = "linux-source-6.1"\n[config]\nbase = "tinyconfig"\nfragments = ["frag.config"]\n')
+    path.write_text('[source]\ndebian_package = "linux-source-6.1"\n[config]\nbase = "tinyconfig"\n'
+                    'fragments = ["frag.config"]\n')
     inputs = resolve_inputs(load_recipe(path), tmp_path / "cache")
     with pytest.raises(RecipeError) as info:
         build(inputs, tmp_path / "out", tmp_path / "cache", progress=Progress(quiet=True))

@@ -58,17 +58,31 @@ def test_newc_archive_readable_by_cpio(tmp_path):
     assert (out / "dir/init").read_bytes() == b"#!hello\n"
 
 
-def test_test_program_compiles_static(tmp_path):
+@pytest.mark.parametrize("program, tag", [("ixunlink-test.c", b"IXUNLINK"), ("composefs-test.c", b"COMPOSEFS")])
+def test_test_program_compiles_static(tmp_path, program, tag):
     need_tool("gcc")
     binary = tmp_path / "init"
     subprocess.run(["gcc", "-static", "-O2", "-Wall", "-Werror", "-o", str(binary),
-                    str(REPO / "kernel/qemu/ixunlink-test.c")], check=True)
-    assert b"IXUNLINK-SUMMARY" in binary.read_bytes()
+                    str(REPO / "kernel/qemu" / program)], check=True)
+    assert tag + b"-SUMMARY" in binary.read_bytes() and tag + b"-TEST" in binary.read_bytes()
     assert b"ld-linux" not in binary.read_bytes()[:4096]  # no dynamic loader: runs as /init
 
 
+OPT_IN = pytest.mark.skipif(os.environ.get("IMAGEFACTORY_QEMU_TESTS") != "1",
+                            reason="opt-in: IMAGEFACTORY_QEMU_TESTS=1")
+RECIPES = {"6.1": REPO / "kernel/recipes/host-6.1.toml", "6.12": REPO / "kernel/recipes/host-6.12.toml"}
+
+
+def kernel_cli(*args: str) -> subprocess.CompletedProcess:
+    cache = os.environ.get("IMAGEFACTORY_KERNEL_CACHE", "/var/cache/imagefactory/kernel")
+    result = subprocess.run([sys.executable, "-c", "from imagefactory.cli import main; main()", "kernel", *args,
+                             "--cache-dir", cache], capture_output=True, text=True, timeout=7200, cwd=REPO)
+    print(result.stdout[-6000:], result.stderr[-2000:])
+    return result
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("IMAGEFACTORY_QEMU_TESTS") != "1", reason="opt-in: IMAGEFACTORY_QEMU_TESTS=1")
+@OPT_IN
 def test_ixunlink_rules_under_qemu():
     need_tool("qemu-system-x86_64", "gcc", "mkfs.ext4", "debugfs")
     cache = Path(os.environ.get("IMAGEFACTORY_KERNEL_CACHE", "/var/cache/imagefactory/kernel"))
@@ -77,6 +91,17 @@ def test_ixunlink_rules_under_qemu():
     print(result.stdout[-4000:], result.stderr[-2000:])
     assert result.returncode == 0
     assert f"{len(EXPECTED_RULES) + 1} passed, 0 failed" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.network
+@OPT_IN
+def test_ixunlink_rules_under_qemu_612():
+    """The same 41 rules (+ the on-disk flags) on the 6.12 port; builds host-6.12 first (cached)."""
+    need_tool("qemu-system-x86_64", "gcc", "mkfs.ext4", "debugfs")
+    result = kernel_cli("test-ixunlink", "--recipe", str(RECIPES["6.12"]))
+    assert result.returncode == 0
+    assert f"{len(EXPECTED_RULES) + 1} passed, 0 failed  (kernel 6.12." in result.stdout
 
 
 def test_demo_console_parsing():
@@ -92,13 +117,41 @@ def test_demo_console_parsing():
 @pytest.mark.slow
 @pytest.mark.root
 @pytest.mark.network
-@pytest.mark.skipif(os.environ.get("IMAGEFACTORY_QEMU_TESTS") != "1", reason="opt-in: IMAGEFACTORY_QEMU_TESTS=1")
-def test_unify_vserver_inside_vm():
-    """The real `imagefactory unify --mode vserver` on the IXUNLINK kernel, plus a dpkg-style update."""
+@OPT_IN
+@pytest.mark.parametrize("series", ["6.1", "6.12"])
+def test_unify_vserver_inside_vm(series):
+    """The real `imagefactory unify --mode vserver` on the IXUNLINK kernel, plus a dpkg-style update;
+    on 6.12 the in-VM `kernel probe` must also see fs-verity, EROFS and overlay data-only + verity."""
     need_tool("qemu-system-x86_64", "mmdebstrap", "mkfs.ext4")
-    cache = os.environ.get("IMAGEFACTORY_KERNEL_CACHE", "/var/cache/imagefactory/kernel")
-    result = subprocess.run([sys.executable, "-c", "from imagefactory.cli import main; main()",
-                             "kernel", "demo-unify", "--cache-dir", cache],
-                            capture_output=True, text=True, timeout=3600, cwd=REPO)
-    print(result.stdout[-4000:], result.stderr[-2000:])
+    result = kernel_cli("demo-unify", "--recipe", str(RECIPES[series]))
     assert result.returncode == 0
+    if series == "6.12":
+        assert "PASS  probe_detects_composefs" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.root
+@pytest.mark.network
+@OPT_IN
+def test_composefs_verity_require_under_qemu_612():
+    """A Debian guest as composefs on an ext4 store with fs-verity on every object; one flipped byte
+    makes that file unreadable (EIO) inside the VM while every other file still reads."""
+    need_tool("qemu-system-x86_64", "gcc", "mkfs.ext4", "debugfs", "mmdebstrap")
+    result = kernel_cli("test-composefs", "--recipe", str(RECIPES["6.12"]))
+    assert result.returncode == 0
+    assert ", 0 failed  (kernel 6.12." in result.stdout
+    for rule in ("boot1.enable_verity_all_objects", "boot1.read_every_file", "objects_verity_on_disk",
+                 "boot2.tampered_file_read_fails", "boot2.other_files_still_read"):
+        assert f"PASS  {rule}:" in result.stdout, rule
+
+
+def test_composefs_console_parsing_and_program():
+    from kernel.qemutest import COMPOSEFS_BOOT1, COMPOSEFS_BOOT2, COMPOSEFS_SOURCE
+
+    for rules in (COMPOSEFS_BOOT1, COMPOSEFS_BOOT2):
+        text = "".join(f"COMPOSEFS-TEST {r} PASS x\n" for r in rules) + "COMPOSEFS-SUMMARY passed=1 failed=0\n"
+        assert parse_console(text, rules, "COMPOSEFS-TEST", "COMPOSEFS-SUMMARY").ok
+    source = COMPOSEFS_SOURCE.read_text()
+    for rules in (COMPOSEFS_BOOT1, COMPOSEFS_BOOT2):  # every expected rule is printed by the program
+        for rule in rules:
+            assert f'"{rule}"' in source, rule

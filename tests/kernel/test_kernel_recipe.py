@@ -14,6 +14,7 @@ from kernel.source import resolve_patch, resolve_source
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "kernel/recipes/host-6.1.toml"
+SHIPPED_612 = REPO / "kernel/recipes/host-6.12.toml"
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -33,9 +34,25 @@ def test_shipped_recipe_loads():
     assert req["CONFIG_LOCALVERSION"] == '"-imagefactory"' and req["CONFIG_LOCALVERSION_AUTO"] is None
 
 
+def test_shipped_612_recipe_fetches_trixie_source_and_adds_guest_host_fragment():
+    r = load_recipe(SHIPPED_612)
+    assert (r.source.debian_package, r.source.suite, r.source.version) == ("linux-source-6.12", "trixie", None)
+    assert [p.path.parent.name for p in r.patches if p.path] == ["6.12", "6.12"]
+    assert [p.name for p in r.patches] == ["0001-vfs-ixunlink-flag.patch", "0002-ext4-ixunlink-flag.patch"]
+    req = r.config_request
+    for option in ("CONFIG_EROFS_FS", "CONFIG_OVERLAY_FS", "CONFIG_FS_VERITY", "CONFIG_EXT4_FS", "CONFIG_QUOTA",
+                   "CONFIG_QFMT_V2", "CONFIG_XFS_QUOTA", "CONFIG_BLK_DEV_LOOP"):
+        assert req[option] == "y", option
+    assert req["CONFIG_VIRTIO_BLK"] == "y" and req["CONFIG_MODULES"] is None  # the same VM base as 6.1
+
+
 @pytest.mark.parametrize(
     "body, message",
     [
+        ('[source]\ndebian_package = "linux-source-6.12"\nsuite = "Trixie!"\n', "suite must be"),
+        ('[source]\ndebian_package = "linux-source-6.12"\nversion = "6.12.1-1"\n', "version needs suite"),
+        ('[source]\ndebian_package = "linux-source-6.12"\nsuite = "trixie"\nversion = "x y"\n', "Debian version"),
+        ('[source]\ntarball = "x.tar"\nsuite = "trixie"\n', "go with debian_package"),
         ('[source]\ndebian_package = "linux-source-6.1"\ntarball = "x.tar"\n', "exactly one of"),
         ("[source]\n", "exactly one of"),
         ('[source]\ndebian_package = "bash"\n', "linux-source-6.1"),
@@ -45,9 +62,11 @@ def test_shipped_recipe_loads():
         ('localversion = "-Bad_Name"\n[source]\ndebian_package = "linux-source-6.1"\n', "localversion"),
         ('[source]\ndebian_package = "linux-source-6.1"\n[package]\nformats = ["tar"]\n', "formats"),
         ('[source]\ndebian_package = "linux-source-6.1"\n[config]\nbase = "nosuchconfig"\n', "base must be"),
-        ('[source]\ndebian_package = "linux-source-6.1"\n[config]\nfragments = ["missing.config"]\n', "cannot read config fragment"),
+        ('[source]\ndebian_package = "linux-source-6.1"\n[config]\nfragments = ["missing.config"]\n',
+         "cannot read config fragment"),
         ('[source]\ndebian_package = "linux-source-6.1"\n[patches]\nseries = "none"\n', "cannot read patch series"),
-        ('[source]\ndebian_package = "linux-source-6.1"\n[[patches.external]]\nurl = "https://x.invalid/p.diff"\n', "needs its sha256"),
+        ('[source]\ndebian_package = "linux-source-6.1"\n[[patches.external]]\nurl = "https://x.invalid/p.diff"\n',
+         "needs its sha256"),
         ('[source\n', "not valid TOML"),
     ],
 )
@@ -85,8 +104,9 @@ def test_tarball_hash_checked_and_file_url_fetched(tmp_path):
     with pytest.raises(VerificationError, match="sha256"):
         resolve_source(r.source, tmp_path / "dl")
     r = load_recipe(write(tmp_path, f'[source]\ntarball = "file://{tarball}"\nsha256 = "{good}"\n'))
-    path, sha = resolve_source(r.source, tmp_path / "dl")
-    assert sha == good and path.parent == tmp_path / "dl" and path.read_bytes() == tarball.read_bytes()
+    src = resolve_source(r.source, tmp_path / "dl")
+    assert src.sha256 == good and src.tarball.parent == tmp_path / "dl"
+    assert src.tarball.read_bytes() == tarball.read_bytes() and src.origin == {}
 
 
 def test_external_patch_by_url_verified(tmp_path):

@@ -26,7 +26,7 @@ def test_odd_cpu_shares_are_refused_quickly(value):
 def test_every_rendered_figure_fits_a_signed_64_bit_value():
     rendered = render(Limits(MEMORY_CEILING, parse_share("100")), 4096)
     figures = [int(v) for v in (*rendered.systemd.values(), *rendered.vserver.values()) if v.strip().isdigit()]
-    figures += [int(v) for v in rendered.lxc.values() if v.isdigit()]
+    figures += [int(v) for _, v in rendered.lxc if v.isdigit()]  # (key, value) pairs in order
     assert figures and max(figures) <= INT64_MAX
     assert int(rendered.vserver["rlimits/as"]) * 4096 <= INT64_MAX + 1  # the kernel's rlimit is in bytes
 

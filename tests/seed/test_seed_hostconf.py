@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from imagefactory.seed import lxc, nspawn
+from imagefactory.seed import caps, cgroups, limits, lxc, nspawn
+from imagefactory.seed.guest import Guest, Interface
 from tests.support import need_tool
 from tests.support.seed import run_cli, seed_args, tiny_image
 
@@ -30,18 +31,49 @@ def _lxc_info(lxcpath: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=30)
 
 
+def _our_keys(config: Path) -> dict[str, str]:
+    return dict(line.split(" = ", 1) for line in config.read_text().splitlines()
+                if " = " in line and not line.startswith("#"))
+
+
 def test_lxc_parses_the_config_and_reads_back_our_values(conf):
     need_tool("lxc-info")
     lxcpath = conf / "lxc"
     assert _lxc_info(lxcpath).returncode == 0
-    ours = dict(line.split(" = ", 1) for line in (lxcpath / "web1/config").read_text().splitlines()
-                if line and not line.startswith("#"))
+    ours = _our_keys(lxcpath / "web1/config")
+    layout = cgroups.detect()
+    memory_key = {1: "lxc.cgroup.memory.limit_in_bytes", 2: "lxc.cgroup2.memory.max"}.get(layout.version_of("memory"))
+    assert memory_key in ours  # the key this host's hierarchy for memory takes
     for key in ("lxc.uts.name", "lxc.net.0.link", "lxc.net.0.ipv4.address",
-                "lxc.cgroup2.memory.max", "lxc.cgroup2.memory.high", "lxc.cgroup2.cpu.max"):
+                *(k for k in ours if k.startswith(("lxc.cgroup.", "lxc.cgroup2.")))):
         result = _lxc_info(lxcpath, "-c", key)
         assert result.returncode == 0 and result.stdout.strip() == f"{key} = {ours[key]}"
     assert _lxc_info(lxcpath, "-c", "lxc.rootfs.path").stdout.strip() == \
         f"lxc.rootfs.path = {ours['lxc.rootfs.path'].removeprefix('dir:')}"
+    # The bounding set: LXC reads back exactly our list (common.conf's was cleared first).
+    drop = _lxc_info(lxcpath, "-c", "lxc.cap.drop").stdout.split("=", 1)[1].split()
+    assert {c.upper() for c in drop} == caps.DEFAULT_DROP
+
+
+@pytest.mark.parametrize("layout", [limits.UNIFIED, cgroups.Layout.legacy(("cpu", "memory"))], ids=["v2", "v1"])
+def test_lxc_accepts_the_keys_of_either_layout(layout, tmp_path):
+    """Configs for a cgroup v2 host (and a v1 one) parse with liblxc and read back equal."""
+    need_tool("lxc-info")
+    guest = Guest("web1", "web1.example.net", Interface.parse("10.0.0.11/24", "eth0"),
+                  limits.Limits.parse("512M", "25%", disk="1G", cap_add=("net_admin",)), tmp_path / "v", tmp_path / "e")
+    files = lxc.render(guest, limits.render(guest.limits, 4096, layout))
+    config = tmp_path / "lxc" / lxc.config_path("web1").removeprefix("lxc/")
+    config.parent.mkdir(parents=True)
+    config.write_text(files[lxc.config_path("web1")])
+    ours = _our_keys(config)
+    cgroup_keys = [k for k in ours if k.startswith(("lxc.cgroup.", "lxc.cgroup2."))]
+    assert cgroup_keys and all(k.startswith("lxc.cgroup2." if layout is limits.UNIFIED else "lxc.cgroup.")
+                               for k in cgroup_keys)
+    for key in cgroup_keys:
+        result = _lxc_info(tmp_path / "lxc", "-c", key)
+        assert result.returncode == 0 and result.stdout.strip() == f"{key} = {ours[key]}"
+    rootfs = _lxc_info(tmp_path / "lxc", "-c", "lxc.rootfs.path").stdout.strip()
+    assert rootfs == f"lxc.rootfs.path = {guest.root}:{tmp_path}/v/.own/web1/upper"  # lxc-info drops "overlay:"
 
 
 def test_lxc_rejects_a_broken_copy(conf, tmp_path):
@@ -103,3 +135,20 @@ def test_systemd_nspawn_accepts_the_settings_file(conf, tmp_path):
 def test_paths_match_the_tools_conventions():
     assert lxc.config_path("web1") == "lxc/web1/config"  # lxc-start -P CONF/lxc -n web1
     assert nspawn.dropin_path("web1").startswith("nspawn/systemd-nspawn@web1.service.d/")
+
+
+def test_systemd_accepts_the_v2_dropin_and_capabilities(tmp_path):
+    """For a cgroup v2 host the drop-in also carries MemoryHigh=; systemd's own parser takes it."""
+    need_tool("systemd-analyze", "systemd-nspawn")
+    guest = Guest("web1", "web1.example.net", Interface.parse("10.0.0.11/24", "eth0"),
+                  limits.Limits.parse("512M", "25%", cap_add=("sys_time",)), tmp_path / "v", tmp_path / "e")
+    files = nspawn.render(guest, limits.render(guest.limits, 4096, limits.UNIFIED), boot=False)
+    dropin = tmp_path / "conf" / nspawn.dropin_path("web1")
+    dropin.parent.mkdir(parents=True)
+    dropin.write_text(files[nspawn.dropin_path("web1")])
+    assert "MemoryHigh=" in dropin.read_text()
+    units = _units_dir(tmp_path, dropin)
+    assert nspawn.DROPIN not in _verify_unit(units)
+    settings = files[nspawn.settings_path("web1")]
+    lines = dict(line.split("=", 1) for line in settings.splitlines() if "Capability=" in line)
+    assert lines["Capability"] == "CAP_SYS_TIME" and "CAP_SYS_TIME" not in lines["DropCapability"].split()

@@ -75,7 +75,8 @@ def test_guests_lists_what_seed_wrote(tmp_path, capsys):
 
     code, out, _ = run_cli(["guests", "--confdir", str(tmp_path / "etc")], capsys)
     lines = out.splitlines()
-    assert lines[0].split()[:3] == ["NAME", "CTX", "IMAGE"] and lines[2].split()[:3] == ["web2", "40001", "tiny"]
+    assert lines[0].split()[:4] == ["NAME", "STATE", "CTX", "IMAGE"]
+    assert lines[2].split()[:4] == ["web2", "stopped" if shutil.which("lxc-info") else "-", "40001", "tiny"]
 
 
 def test_check_reports_duplicates_overcommit_and_barrier(tmp_path, capsys):

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -101,3 +102,20 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
         code = exc.code if isinstance(exc.code, int) else 1
     out, err = capsys.readouterr()
     return code, out, err
+
+
+BUSYBOX_APPLETS = ("sh", "cat", "dd", "mknod", "grep", "sleep", "ls", "insmod", "ip", "df", "rm", "head", "sync", "cmp")
+
+
+def busybox_image(directory_: Path, name: str = "bb", *, shared: bytes = b"") -> Path:
+    """A guest LXC can really run: the host's static busybox and its applets, the dirs LXC
+    mounts onto, and (if given) a large file `usr/share/shared.bin` every guest of it carries."""
+    busybox = Path(shutil.which("busybox") or "/bin/busybox").read_bytes()
+    entries = [directory(f"./{d}") for d in ("bin", "dev", "etc", "proc", "sys", "tmp", "usr", "usr/share", "root")]
+    entries += [entry("./bin/busybox", data=busybox, mode=0o755),
+                entry("./etc/os-release", data=b"ID=busybox\n"),
+                entry("./etc/passwd", data=b"root:x:0:0:root:/root:/bin/sh\n")]
+    entries += [entry(f"./bin/{applet}", tarfile.SYMTYPE, linkname="busybox") for applet in BUSYBOX_APPLETS]
+    if shared:
+        entries.append(entry("./usr/share/shared.bin", data=shared))
+    return write_image(directory_, name, entries)
