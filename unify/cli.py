@@ -29,6 +29,7 @@ def summary_lines(s: engine.Summary) -> list[str]:
         f"Already unified: {s.already_unified} files, {human(s.already_bytes)}",
         f"{would + ':':<17}{s.linked} files ({s.new_entries} new store entries; "
         f"{s.duplicates} duplicates, as hardlink(1) counts)",
+        *([f"Link limit:      {s.overflow_entries} overflow entries started (EMLINK)"] if s.overflow_entries else []),
         f"Saved:           {human(s.bytes_saved)} ({human(s.disk_saved)} on disk)"
         + (" (estimated)" if s.dry_run else ""),
         *([f"Left alone:      {s.changed} changed during the run, {s.collisions} hash collisions, "
@@ -36,7 +37,6 @@ def summary_lines(s: engine.Summary) -> list[str]:
         *([f"Cleaned:         {s.temp_removed} temporary names from an interrupted run"] if s.temp_removed else []),
         f"Duration:        {s.seconds:.2f} seconds",
     ]
-
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("roots", nargs=-1, metavar="[GUEST_ROOT]...", type=click.Path(file_okay=False, path_type=Path))
@@ -85,6 +85,8 @@ def unify(roots, store, mode, dry_run, ignore_mtime, min_size, exclude_from, act
             f"Entries:      {st.entries}, {human(st.entry_bytes)}",
             f"Guest links:  {st.guest_links} from {len(st.guests)} indexed guests",
             f"Orphans:      {st.orphans}, {human(st.orphan_bytes)} (removed by --gc)",
+            *([f"Link limit:   {st.overflow_entries} overflow entries (contents linked more often than "
+               "the filesystem allows per inode)"] if st.overflow_entries else []),
             f"Saved:        {human(st.bytes_saved)}",
         ])
     elif action == "verify":
