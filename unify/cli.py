@@ -30,6 +30,7 @@ def summary_lines(s: engine.Summary) -> list[str]:
         f"Already unified: {s.already_unified} files, {human(s.already_bytes)}",
         f"{would + ':':<17}{s.linked} files ({s.new_entries} new store entries; "
         f"{s.duplicates} duplicates, as hardlink(1) counts)",
+        *([f"Link limit:      {s.overflow_entries} overflow entries started (EMLINK)"] if s.overflow_entries else []),
         f"Saved:           {human(s.bytes_saved)} ({human(s.disk_saved)} on disk)"
         + (" (estimated)" if s.dry_run else ""),
         *([f"Left alone:      {s.changed} changed during the run, {s.collisions} hash collisions, "
@@ -109,6 +110,8 @@ def status(store: Path, as_json: bool, quiet: bool) -> None:
         f"Entries:      {st.entries}, {human(st.entry_bytes)}",
         f"Guest links:  {st.guest_links} from {len(st.guests)} indexed guests",
         f"Orphans:      {st.orphans}, {human(st.orphan_bytes)} (removed by gc)",
+        *([f"Link limit:   {st.overflow_entries} overflow entries (contents linked more often than "
+           "the filesystem allows per inode)"] if st.overflow_entries else []),
         f"Saved:        {human(st.bytes_saved)}",
     ])
 

@@ -47,6 +47,7 @@ class Status:
     guest_links: int = 0  # guest files sharing an entry
     orphans: int = 0  # entries no guest uses (what --gc removes)
     orphan_bytes: int = 0
+    overflow_entries: int = 0  # second (third...) entries of a content whose entry hit the link limit
     bytes_saved: int = 0  # what the guests would use without sharing, minus the store
     guests: list[str] = field(default_factory=list)
 
@@ -58,10 +59,9 @@ def status(store_dir: Path) -> Status:
     store = _open_store(store_dir)
     mode = store.info().get("mode")
     st = Status(str(store.root), mode, guests=[root for root, _ in index.guests(store.root)])
-    uses: Counter = Counter()
-    if mode == "reflink":
-        uses.update(f.entry for files in index.load(store.root).values() for f in files)
+    uses = index.entry_uses(store.root) if mode == "reflink" else {}
     for e in store.entries():
+        st.overflow_entries += e.copy > 0
         links = uses.get(e.name, 0) if mode == "reflink" else e.nlink - 1
         st.entries += 1
         st.entry_bytes += e.size

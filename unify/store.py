@@ -13,7 +13,9 @@ link to an entry still cannot browse the store):
                               size    = decimal byte count
                             DD = the first two hex digits of the digest
     S/tmp/                  entries being written; emptied at the start of each run
-    S/guests/ID.json        the per-guest index (see unify/index.py)
+    S/objects/DD/NAME-N     the N-th overflow entry of the same content, started when the
+                            previous one reached the filesystem's link limit (EMLINK)
+    S/index.sqlite          the index of every guest's files (see unify/index.py)
 
 An entry's name is the whole key, so `--status`/`--gc` need only a directory
 listing, `--verify` can re-derive every name from content and metadata, and a
@@ -86,16 +88,31 @@ def meta_of(st: os.stat_result, xattrs: tuple, ignore_mtime: bool) -> Meta:
     return Meta(st.st_mode, st.st_uid, st.st_gid, 0 if ignore_mtime else st.st_mtime_ns, xattrs)
 
 
-def entry_name(digest: str, metakey: str, size: int) -> str:
-    return f"{digest}-{metakey}-{size}"
+def entry_name(digest: str, metakey: str, size: int, copy: int = 0) -> str:
+    """An entry's name; copy n > 0 is the n-th overflow entry of the same content, started when
+    the previous one reached the filesystem's link limit (EMLINK: 65,000 links on ext4)."""
+    return f"{digest}-{metakey}-{size}-{copy}" if copy else f"{digest}-{metakey}-{size}"
 
 
 def parse_entry_name(name: str) -> tuple[str, str, int] | None:
-    """(digest, metakey, size) of a store entry name, or None for anything else."""
+    """(digest, metakey, size) of a store entry name (overflow entries too), or None for anything else."""
     parts = name.split("-")
-    if len(parts) != 3 or len(parts[0]) != 32 or len(parts[1]) != 16 or not parts[2].isdigit():
+    if len(parts) not in (3, 4) or len(parts[0]) != 32 or len(parts[1]) != 16 or not parts[2].isdigit() \
+            or (len(parts) == 4 and not (parts[3].isdigit() and parts[3][0] != "0")):
         return None
     return parts[0], parts[1], int(parts[2])
+
+
+def entry_key(name: str) -> tuple[bytes, bytes, int, int]:
+    """(digest, metakey, size, copy) of an entry name, as the index stores them."""
+    parts = name.split("-")
+    return bytes.fromhex(parts[0]), bytes.fromhex(parts[1]), int(parts[2]), int(parts[3]) if len(parts) == 4 else 0
+
+
+def copy_of(name: str) -> int:
+    """0 for an entry, n for its n-th link-limit overflow entry."""
+    parts = name.split("-")
+    return int(parts[3]) if len(parts) == 4 else 0
 
 
 def hash_fd(fd: int, buf: bytearray | None = None) -> tuple[str, int]:
@@ -132,6 +149,7 @@ class StoreEntry:
     size: int
     nlink: int
     ino: int
+    copy: int = 0  # n > 0: the n-th link-limit overflow entry of this content
 
 
 class Store:
@@ -141,7 +159,7 @@ class Store:
         self.root = Path(root)
         self.objects = self.root / "objects"
         self.tmp = self.root / "tmp"
-        self.guests = self.root / "guests"
+        self.index = self.root / "index.sqlite"
 
     def exists(self) -> bool:
         return (self.root / MARKER).is_file()
@@ -153,7 +171,7 @@ class Store:
             return {}
 
     def create(self, mode: str | None) -> None:
-        for d in (self.root, self.objects, self.tmp, self.guests):
+        for d in (self.root, self.objects, self.tmp):
             d.mkdir(mode=0o700, exist_ok=True)
         info = self.info()
         if not info or (mode and not info.get("mode")):
@@ -205,7 +223,7 @@ class Store:
             digest, metakey, size = parsed
             with contextlib.suppress(FileNotFoundError):
                 st = os.lstat(path)
-                yield StoreEntry(name, path, digest, metakey, size, st.st_nlink, st.st_ino)
+                yield StoreEntry(name, path, digest, metakey, size, st.st_nlink, st.st_ino, copy_of(name))
 
     def clean_tmp(self) -> int:
         """Remove half-written entries from a killed run."""

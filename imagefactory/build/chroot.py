@@ -15,9 +15,11 @@ import os
 import re
 import stat
 import subprocess
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from imagefactory.build import buildlog
 from imagefactory.core.errors import EnvironmentProblem, ImageFactoryError, UnsafeInput
 
 # name: (type, major, minor, mode) — util-vserver's secure /dev set.
@@ -127,10 +129,12 @@ def mounted(root: Path) -> Iterator[Path]:
 def run(root: Path, argv: Sequence[str], env: dict[str, str] | None = None, what: str = "") -> str:
     """Run argv chrooted into root; on failure raise with the command's last output lines."""
     full_env = dict(CHROOT_ENV, **(env or {}))
+    started = time.monotonic()
     proc = subprocess.run(
         ["chroot", str(root), *argv], env=full_env, stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
     )
+    buildlog.record(["chroot", str(root), *argv], proc.stdout, proc.returncode, time.monotonic() - started)
     if proc.returncode != 0:
         lines = [ln.strip() for ln in proc.stdout.strip().splitlines() if ln.strip()]
         # dpkg ends with a list of the failed packages; the cause is the first error

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -31,11 +32,16 @@ DEFAULT_CACHE = Path(os.environ.get("IMAGEFACTORY_CACHE", "/var/cache/imagefacto
               help="Image compression level (higher: smaller image, slower build).")
 @click.option("--format", "formats", multiple=True, type=click.Choice(sorted(FORMATS)),
               help="Also write this format (repeatable; added to the recipe's `formats`).")
+@click.option("--arch", help="Build for this architecture instead of the recipe's (e.g. arm64; foreign ones run "
+                              "under qemu-user-static via binfmt_misc).")
+@click.option("--force", is_flag=True, help="Rebuild even if the output is up to date, reusing no cached tree.")
+@click.option("--explain", is_flag=True, help="Say why each stage was or was not reused.")
 @click.option("--dry-run", is_flag=True, help="Verify and resolve only: print the package set and download size.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (the plan or the manifest).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def build(recipe: str, out_dir: Path, mirror: str | None, allow_expired_release: bool, cache_dir: Path,
-          jobs: int, zstd_level: int, formats: tuple[str, ...], dry_run: bool, as_json: bool, quiet: bool) -> None:
+          jobs: int, zstd_level: int, formats: tuple[str, ...], arch: str | None, force: bool, explain: bool,
+          dry_run: bool, as_json: bool, quiet: bool) -> None:
     """Build a guest from RECIPE (a name from recipes/ or a .toml path).
 
     Fetches and verifies the archive metadata, resolves the package set,
@@ -44,11 +50,13 @@ def build(recipe: str, out_dir: Path, mirror: str | None, allow_expired_release:
     tar.zst image plus a manifest. Needs root.
     """
     r = recipes_mod.load(recipe)
+    if arch:
+        r = dataclasses.replace(r, architecture=arch)
     if mirror is not None:
         recipes_mod.check_mirror(mirror, "--mirror")
     fetch.timeouts()  # a bad $IMAGEFACTORY_*_TIMEOUT fails here, before any work
     opts = BuildOptions(mirror=mirror, allow_expired_release=allow_expired_release, cache_dir=cache_dir, jobs=jobs,
-                        zstd_level=zstd_level, formats=formats)
+                        zstd_level=zstd_level, formats=formats, force=force, explain=explain)
     progress = Progress(quiet=quiet)
     if dry_run:
         _, plan = pipeline.plan(r, opts, progress)
@@ -67,6 +75,8 @@ def build(recipe: str, out_dir: Path, mirror: str | None, allow_expired_release:
     result = pipeline.build(r, out_dir, opts, progress)
     if as_json:
         click.echo(json.dumps(result.manifest, indent=2))
+    elif result.up_to_date:
+        click.echo(f"{result.image}  up to date (sha256 {result.manifest['image']['sha256']})")
     else:
         m = result.manifest
         click.echo(f"{result.image}  sha256 {m['image']['sha256']}")

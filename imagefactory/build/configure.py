@@ -45,12 +45,17 @@ def write_dev(root: Path) -> None:
     chroot.populate_dev(dev)
 
 
-def write_apt_sources(root: Path, recipe: Recipe, mirror: str) -> None:
-    """deb822 sources pointing the guest at the mirror it was built from."""
+def write_apt_sources(root: Path, recipe: Recipe, sources: list[tuple[str, str]]) -> None:
+    """deb822 sources pointing the guest at every (mirror, suite) it was built from, one stanza per
+    mirror in the recipe's order, so `apt-get upgrade` in the guest sees what the build saw."""
     keyring = recipe.keyring if recipe.keyring and (root / recipe.keyring.lstrip("/")).exists() else ""
-    text = (
-        f"Types: deb\nURIs: {mirror}\nSuites: {recipe.suite}\nComponents: {' '.join(recipe.components)}\n"
+    by_mirror: dict[str, list[str]] = {}
+    for mirror, suite in sources:
+        by_mirror.setdefault(mirror, []).append(suite)
+    text = "\n".join(
+        f"Types: deb\nURIs: {mirror}\nSuites: {' '.join(suites)}\nComponents: {' '.join(recipe.components)}\n"
         + (f"Signed-By: {keyring}\n" if keyring else "")
+        for mirror, suites in by_mirror.items()
     )
     write_in_root(root, f"/etc/apt/sources.list.d/{recipe.family}.sources", text.encode(), 0o644)
     legacy = root / "etc/apt/sources.list"

@@ -9,7 +9,7 @@ from imagefactory.core.manifest import SCHEMA
 
 
 def build_manifest(plan: Plan, image_name: str, image_sha256: str, image_size: int,
-                   stats: TreeStats, seconds: float) -> dict:
+                   stats: TreeStats, seconds: float, inputs: dict | None = None) -> dict:
     r = plan.recipe
     return {
         "schema": SCHEMA,
@@ -20,7 +20,13 @@ def build_manifest(plan: Plan, image_name: str, image_sha256: str, image_size: i
         "suite": r.suite,
         "architecture": r.architecture,
         "variant": r.variant,
-        "snapshot": {"date": plan.snapshot_date, "epoch": plan.snapshot_epoch, "mirror": plan.mirror},
+        "snapshot": {
+            "date": plan.snapshot_date, "epoch": plan.snapshot_epoch, "mirror": plan.mirror,
+            # every verified source: suite (or repository), mirror, its Release/repomd date and digest
+            "sources": [{"suite": s.suite, "mirror": s.mirror, "date": s.date, "epoch": s.epoch, "sha256": s.digest}
+                        for s in plan.sources],
+        },
+        "source_date_epoch": plan.source_date_epoch,
         "packages": [
             {"name": a.name, "version": a.version, "architecture": a.architecture, "sha256": a.sha256,
              "size": a.size}
@@ -32,4 +38,5 @@ def build_manifest(plan: Plan, image_name: str, image_sha256: str, image_size: i
         "image": {"file": image_name, "sha256": image_sha256, "size": image_size},
         "build_seconds": round(seconds, 2),
         "imagefactory": __version__,
+        "inputs": inputs,
     }

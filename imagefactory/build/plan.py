@@ -32,13 +32,35 @@ class Artifact:
         return self.url.rsplit("/", 1)[-1]
 
 
+@dataclass(frozen=True)
+class SourceSnapshot:
+    """One verified source of a plan: a suite's InRelease or a repository's repomd.xml."""
+
+    suite: str  # suite (Debian) or repository path (Fedora)
+    mirror: str
+    date: str  # Release Date / repomd revision, as published
+    epoch: int
+    digest: str  # sha256 of the signed metadata (InRelease / repomd.xml)
+
+
 @dataclass
 class Plan:
     recipe: Recipe
     mirror: str
-    snapshot_date: str  # Release Date / repomd revision, as published
-    snapshot_epoch: int  # the same instant as a Unix time: default SOURCE_DATE_EPOCH
+    snapshot_date: str  # Release Date / repomd revision of the first source, as published
+    snapshot_epoch: int  # the same instant as a Unix time
     packages: list[Artifact] = field(default_factory=list)
+    sources: list[SourceSnapshot] = field(default_factory=list)
+    index_digests: tuple[str, ...] = ()  # sha256 of every verified index the resolution read
+    # The set without the recipe's extra packages (None: unknown); a cached tree of it can be extended.
+    base_packages: list[Artifact] | None = None
+    # SOURCE_DATE_EPOCH of the build: derived from the package set once the files are there
+    # (Plan.set_epoch), so the same packages give the same bytes whatever day the Release was signed.
+    source_date_epoch: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.source_date_epoch:
+            self.source_date_epoch = self.snapshot_epoch
 
     @property
     def download_size(self) -> int:
@@ -49,6 +71,8 @@ class Plan:
 class BuildOptions:
     mirror: str | None = None
     allow_expired_release: bool = False
+    force: bool = False  # rebuild even when the output is up to date, and reuse no cached tree
+    explain: bool = False  # say why each stage was or was not reused
     cache_dir: Path = Path("/var/cache/imagefactory")
     jobs: int = 8  # parallel downloads
     zstd_level: int = 3
@@ -67,3 +91,6 @@ class Backend(Protocol):
 
     def configure(self, plan: Plan, rootfs: Path, progress: Progress) -> None:
         """Family-specific configuration and cleanup (sources, caches, logs)."""
+
+    def package_epoch(self, plan: Plan, files: dict[str, Path]) -> int:
+        """The build time of the newest package in the set (the images' SOURCE_DATE_EPOCH)."""

@@ -103,6 +103,9 @@ class Recipe:
     variant: Variant = setting(Kind.STRING, f"{' | '.join(DEB_VARIANTS)} (Debian/Ubuntu, default minbase); "
                                             f"{' | '.join(RPM_VARIANTS)} (Fedora, default minimal)")
     components: tuple[str, ...] = setting(Kind.STRINGS, "archive components (Debian/Ubuntu)", ("main",))
+    sources: tuple[str, ...] = setting(  # empty: the suite alone (Debian) / the mirror itself (Fedora)
+        Kind.STRINGS, "suites read together, highest version wins (default: [suite]); an entry 'URL SUITE' "
+                      "names its mirror; Fedora: repository paths under mirror", ())
     packages: tuple[str, ...] = setting(Kind.STRINGS, "extra packages to install", (), merge=True)
     exclude_paths: tuple[str, ...] = setting(
         Kind.STRINGS, "fnmatch patterns of paths dpkg/rpm must not install (docs, man pages)", (), merge=True)
@@ -287,6 +290,19 @@ def _check_word(data: dict[str, Any], key: str, pattern: re.Pattern[str], what: 
             raise RecipeError(f"{where}: key {key!r}: {shown(value)} is not {what}")
 
 
+def _sources(entries: list[str], where: str) -> tuple[str, ...]:
+    """Each entry is 'SUITE' or 'URL SUITE' (Debian) or a repository path (Fedora); no duplicates."""
+    out: list[str] = []
+    for entry in entries:
+        parts = entry.split()
+        if not parts or len(parts) > 2 or (len(parts) == 2 and "://" not in parts[0]):
+            raise RecipeError(f"{where}: key 'sources': {entry!r} must be 'SUITE' or 'URL SUITE'")
+        if parts[-1] in [o.split()[-1] for o in out]:
+            raise RecipeError(f"{where}: key 'sources': {parts[-1]!r} is listed twice")
+        out.append(" ".join(parts))
+    return tuple(out)
+
+
 def load(ref: str, search: Path | None = None) -> Recipe:
     """Load a recipe by name or path into a validated Recipe (before any work is done);
     defaults come from the Recipe fields."""
@@ -332,6 +348,7 @@ def load(ref: str, search: Path | None = None) -> Recipe:
         "architecture": data.get("architecture", family.default_architecture),
         "hostname": hostname,
         "customize": steps,
+        "sources": _sources(data.get("sources", []), where),
         "formats": check_formats(data.get("formats", []), f"{where}: key 'formats'"),
         "oci": oci_config(data.get("oci", {})),
         "source": where,

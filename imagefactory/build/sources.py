@@ -91,7 +91,7 @@ def host_sources(apt_dir: Path = APT_DIR) -> list[AptSource]:
 
 def is_archive_uri(src: AptSource) -> bool:
     """A main archive (not security, not a third-party repo): it has main-archive suites."""
-    return not any(s.endswith(("-security", "/updates")) for s in src.suites) and "main" in src.components
+    return not any(is_security_suite(s) for s in src.suites) and "main" in src.components
 
 
 def host_debian_mirror(apt_dir: Path = APT_DIR, keyring_hint: str = "debian-archive-keyring") -> str:
@@ -104,3 +104,25 @@ def host_debian_mirror(apt_dir: Path = APT_DIR, keyring_hint: str = "debian-arch
     raise RecipeError(
         f"no Debian mirror configured in {apt_dir}/sources.list*; give the recipe a 'mirror' or pass --mirror"
     )
+
+
+def is_security_suite(suite: str) -> bool:
+    """bookworm-security, trixie-security (and the old 'bullseye/updates' naming)."""
+    return suite.endswith(("-security", "/updates"))
+
+
+def host_security_mirror(apt_dir: Path = APT_DIR, keyring_hint: str = "debian-archive-keyring") -> str:
+    """The host's security archive base URL (the source that lists a *-security suite)."""
+    sources = [s for s in host_sources(apt_dir) if any(is_security_suite(x) for x in s.suites)]
+    preferred = [s for s in sources if keyring_hint in s.signed_by] or sources
+    if not preferred:
+        raise RecipeError(
+            f"no security archive configured in {apt_dir}/sources.list*; give the source as 'URL SUITE' in the "
+            "recipe's 'sources'"
+        )
+    return preferred[0].uri.rstrip("/")
+
+
+def mirror_for(suite: str, main_mirror: str, apt_dir: Path = APT_DIR) -> str:
+    """Where a recipe's source lives: a security suite on the host's security archive, else the main mirror."""
+    return host_security_mirror(apt_dir) if is_security_suite(suite) else main_mirror

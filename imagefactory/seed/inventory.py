@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -80,8 +81,13 @@ class GuestInfo:
         return asdict(self)
 
 
-def read_guest(conf: Path, page_size: int, *, measure: bool = True) -> GuestInfo:
-    """One guest's facts from util-vserver's layout (plus our manifest copy)."""
+def read_guest(conf: Path, page_size: int, *, measure: bool = True, live: bool | None = None) -> GuestInfo:
+    """One guest's facts from util-vserver's layout (plus our manifest copy).
+
+    measure: walk the root for disk usage and shared % (O(files)); live (default: as measure):
+    ask LXC for the state and the disk-limit layer for its use (a subprocess per guest).
+    """
+    live = measure if live is None else live
     manifest: Manifest | None
     try:
         manifest = Manifest.load(conf / MANIFEST)
@@ -97,7 +103,7 @@ def read_guest(conf: Path, page_size: int, *, measure: bool = True) -> GuestInfo
     context = contexts.read_context(conf)
     space = _int(conf / "dlimits/0/space_total")
     layer = disk.Layer(Path(os.path.normpath(root))) if root is not None else None
-    own = disk.usage(layer, context) if measure and layer is not None and layer.mode else None
+    own = disk.usage(layer, context) if live and layer is not None and layer.mode else None
     return GuestInfo(
         name=_read(conf / "name") or conf.name,
         context=context,
@@ -111,7 +117,7 @@ def read_guest(conf: Path, page_size: int, *, measure: bool = True) -> GuestInfo
         cpu_percent=float(Fraction(fill * 100, interval)) if fill and interval else None,
         disk_usage=usage.disk_usage if usage else (cfs.state_bytes if cfs and measure else None),
         shared_percent=round(100 * usage.shared_bytes / usage.file_bytes, 1) if usage and usage.file_bytes else None,
-        state=runtime.lxc_state(conf / "lxc", conf.name) if measure else None,
+        state=runtime.lxc_state(conf / "lxc", conf.name) if live else None,
         disk_used=own[0] if own else None,
         disk_limit=space * 1024 if space is not None else None,
         disk_mode=layer.mode if layer is not None else None,
@@ -156,5 +162,13 @@ def guest_dirs(confdir: Path) -> list[Path]:
     ]
 
 
-def list_guests(confdir: Path, page_size: int, *, measure: bool = True) -> list[GuestInfo]:
-    return [read_guest(d, page_size, measure=measure) for d in guest_dirs(confdir)]
+def list_guests(confdir: Path, page_size: int, *, measure: bool = True,
+                live: bool | None = None) -> list[GuestInfo]:
+    """Every guest, in name order. Live facts cost one `lxc-info` per guest, so they are asked
+    8 at a time (measured with 1,000 LXC guests on the 2 shared cores: 1.9-2.4 s; one by one
+    2.9-3.7 s; 16 at a time slower)."""
+    dirs = guest_dirs(confdir)
+    if not (measure if live is None else live) or len(dirs) < 2:
+        return [read_guest(d, page_size, measure=measure, live=live) for d in dirs]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(lambda d: read_guest(d, page_size, measure=measure, live=live), dirs))

@@ -248,3 +248,103 @@ def test_install_rounds_keep_dependents_with_their_depends():
     )
     rounds = install_rounds(pkgs, [], "amd64")
     assert [[p.name for p in r] for r in rounds] == [["python3-minimal"], ["apt-listchanges", "python3"]]
+
+
+CONFLICTS = """\
+Package: exim4
+Version: 4.97
+Architecture: amd64
+Priority: optional
+Provides: mail-transport-agent
+Conflicts: mail-transport-agent
+Filename: pool/e/exim4.deb
+Size: 10
+SHA256: 20
+
+Package: postfix
+Version: 3.8
+Architecture: amd64
+Priority: optional
+Provides: mail-transport-agent
+Conflicts: mail-transport-agent
+Filename: pool/p/postfix.deb
+Size: 10
+SHA256: 21
+
+Package: mailer
+Version: 1
+Architecture: amd64
+Priority: optional
+Depends: exim4 | postfix
+Filename: pool/m/mailer.deb
+Size: 10
+SHA256: 22
+
+Package: oldlib
+Version: 1.0
+Architecture: amd64
+Priority: optional
+Filename: pool/o/oldlib.deb
+Size: 10
+SHA256: 23
+
+Package: newtool
+Version: 2
+Architecture: amd64
+Priority: optional
+Breaks: oldlib (<< 2)
+Filename: pool/n/newtool.deb
+Size: 10
+SHA256: 24
+
+Package: uses-old
+Version: 1
+Architecture: amd64
+Priority: optional
+Depends: oldlib
+Filename: pool/u/uses-old.deb
+Size: 10
+SHA256: 25
+
+Package: no-exim
+Version: 1
+Architecture: amd64
+Priority: optional
+Conflicts: exim4
+Filename: pool/n/no-exim.deb
+Size: 10
+SHA256: 26
+"""
+
+
+def conflict_universe() -> Universe:
+    return Universe(parse_packages(INDEX + "\n" + CONFLICTS), "amd64")
+
+
+def test_two_conflicting_requested_packages_are_named():
+    u = conflict_universe()
+    with pytest.raises(ResolveError) as exc:
+        resolve(u, ["exim4", "postfix"])
+    msg = str(exc.value)
+    assert exc.value.exit_code == 5
+    assert "exim4" in msg and "postfix" in msg and "Conflicts: mail-transport-agent" in msg
+
+
+def test_breaks_is_versioned_and_names_both():
+    u = conflict_universe()
+    with pytest.raises(ResolveError) as exc:
+        resolve(u, ["oldlib", "newtool"])
+    assert "oldlib" in str(exc.value) and "newtool" in str(exc.value) and "Breaks: oldlib (<< 2)" in str(exc.value)
+    # pulled in through a dependency: the chain names who wanted it
+    with pytest.raises(ResolveError) as exc:
+        resolve(u, ["newtool", "uses-old"])
+    assert "uses-old" in str(exc.value) and "newtool" in str(exc.value)
+
+
+def test_a_package_providing_what_it_conflicts_with_is_fine_and_alternatives_avoid_conflicts():
+    u = conflict_universe()
+    assert {p.name for p in resolve(u, ["exim4"])} == {"exim4"}
+    # postfix requested first: mailer's 'exim4 | postfix' is already satisfied by postfix
+    assert {p.name for p in resolve(u, ["postfix", "mailer"])} == {"postfix", "mailer"}
+    # exim4, the first alternative, conflicts with a requested package: apt takes postfix
+    assert {p.name for p in resolve(u, ["no-exim", "mailer"])} == {"no-exim", "mailer", "postfix"}

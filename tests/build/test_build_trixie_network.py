@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from imagefactory.build.chroot import mounts_below
-from imagefactory.build.sources import host_debian_mirror
+from imagefactory.build.sources import host_debian_mirror, host_security_mirror
 
 pytestmark = [pytest.mark.network, pytest.mark.root]
 
@@ -42,7 +42,10 @@ def test_debian_trixie_builds_on_this_mirror(tmp_path):
     if shutil.which("mmdebstrap") is None:
         pytest.fail("mmdebstrap missing: scripts/setup installs it")
     target = tmp_path / "mm"
-    subprocess.run(["mmdebstrap", "--quiet", "--variant=minbase", "trixie", str(target), host_debian_mirror()],
-                   check=True, capture_output=True)
+    # the recipe reads trixie, trixie-updates and trixie-security: give mmdebstrap the same sources
+    main, security = host_debian_mirror(), host_security_mirror()
+    subprocess.run(["mmdebstrap", "--quiet", "--variant=minbase", "trixie", str(target),
+                    f"deb {main} trixie main", f"deb {main} trixie-updates main",
+                    f"deb {security} trixie-security main"], check=True, capture_output=True)
     query = ["dpkg-query", "-W", "-f", "${Package} ${Version}\n", "--admindir"]
     assert run(*query, str(root / "var/lib/dpkg")) == run(*query, str(target / "var/lib/dpkg"))

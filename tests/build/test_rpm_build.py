@@ -71,7 +71,7 @@ def test_full_build_over_http(tmp_path, repo):
                     "setup-2.15.0-2.tc1.noarch", "toysh-1.35.0-1.tc1.x86_64", "toyutils-2.0-1.tc1.x86_64"}
     root = out / "toy" / "rootfs"
     installed = set(rpmq(root, "-qa").stdout.split())
-    assert min(map(int, rpmq(root, "-qa", "--qf", "%{INSTALLTIME}\n").stdout.split())) == manifest["snapshot"]["epoch"]
+    assert min(map(int, rpmq(root, "-qa", "--qf", "%{INSTALLTIME}\n").stdout.split())) == manifest["source_date_epoch"]
     assert want <= installed and all(n.startswith("gpg-pubkey-") for n in installed - want)
     verify = rpmq(root, "-Va")
     assert "missing" not in verify.stdout and verify.stderr == ""
@@ -183,3 +183,22 @@ def test_dry_run_lists_the_plan(tmp_path, repo):
     plan = json.loads(proc.stdout)
     assert [p["name"] for p in plan["packages"]] == ["basesystem", "filesystem", "libtoy", "setup", "toysh", "toyutils"]
     assert [p["version"] for p in plan["packages"] if p["name"] == "toyutils"] == ["1:2.0-1.tc1"]
+
+
+def test_updates_repository_wins(tmp_path, repo):
+    """Fedora's `updates` the same way as Debian's -security: each repomd.xml verified, newest EVR wins."""
+    from tests.support.rpmdata.makerepo import make_updates_repo
+
+    updates = make_updates_repo(tmp_path / "updates", repo, [("libtoy.spec", ["--define", "ver 1.1"])])
+    r = recipe(tmp_path, repo, repo.url, sources=f'["{repo.url}", "{updates.url}"]')
+    proc = imagefactory("build", str(r), "-o", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads(proc.stdout)
+    assert {p["name"]: p["version"] for p in m["packages"]}["libtoy"].endswith("1.1-1.tc1")
+    assert [s["mirror"] for s in m["snapshot"]["sources"]] == [repo.url, updates.url]
+    root = tmp_path / "out/toy/rootfs"
+    assert rpmq(root, "-q", "libtoy").stdout.strip() == "libtoy-1.1-1.tc1.x86_64"
+    # the updates repository's metadata is verified on its own
+    (updates.path / "repodata/repomd.xml.asc").write_text("not a signature\n")
+    proc = imagefactory("build", str(r), "-o", str(tmp_path / "out2"), "--cache-dir", str(tmp_path / "cache"))
+    assert proc.returncode == 3 and updates.url in proc.stderr.splitlines()[-1], proc.stderr

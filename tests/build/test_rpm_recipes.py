@@ -12,7 +12,7 @@ import pytest
 from imagefactory.build import recipe as recipes
 from imagefactory.build.pipeline import backend_for
 from imagefactory.build.plan import BuildOptions
-from imagefactory.build.rpm.backend import RpmBackend, repo_url
+from imagefactory.build.rpm.backend import RpmBackend, repo_urls
 from imagefactory.core.errors import RecipeError, VerificationError
 from imagefactory.core.progress import Progress
 
@@ -22,8 +22,9 @@ def test_fedora_recipes(release):
     r = recipes.load(f"fedora-{release}")
     assert (r.family, r.suite, r.architecture, r.variant) == ("fedora", release, "x86_64", "minimal")
     assert r.keyring == f"/etc/pki/rpm-gpg/RPM-GPG-KEY-fedora-{release}-x86_64"
-    assert repo_url(r.mirror, r) == (
-        f"https://dl.fedoraproject.org/pub/fedora/linux/releases/{release}/Everything/x86_64/os/")
+    base = "https://dl.fedoraproject.org/pub/fedora/linux/"
+    assert repo_urls(r, r.mirror) == [f"{base}releases/{release}/Everything/x86_64/os/",
+                                      f"{base}updates/{release}/Everything/x86_64/"]
     assert isinstance(backend_for(r), RpmBackend)
 
 

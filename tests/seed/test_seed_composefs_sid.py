@@ -150,16 +150,24 @@ def test_convert_a_plain_sid_guest_and_flip_a_byte(area, guests, image, capsys):
     listing = GuestLayers(root).listing.read_text()
     ls = next(line for line in listing.splitlines() if line.startswith("/usr/bin/ls "))
     digest = ls.split()[10]
-    with open(s.path_of(digest), "r+b") as f:
-        f.seek(1000)
-        b = f.read(1)
-        f.seek(1000)
-        f.write(bytes([b[0] ^ 0x20]))
-    code, out, err = run_cli(["unify", "verify", "-q", "--store", str(store)], capsys)
+    def flip() -> None:
+        with open(s.path_of(digest), "r+b") as f:
+            f.seek(1000)
+            byte = f.read(1)
+            f.seek(1000)
+            f.write(bytes([byte[0] ^ 0x20]))
+
+    flip()
+    try:
+        code, out, err = run_cli(["unify", "verify", "-q", "--store", str(store)], capsys)
+    finally:
+        flip()  # the module's store is shared by the tests after this one: give them the object back
     assert code == 3
     assert f"object {digest[:2]}/{digest[2:]} content changed" in err
     for name in ("sid1", "sid2", "sid3", "plain"):
         assert str(area / "vservers" / name) in err
+    code, out, err = run_cli(["unify", "--verify", "-q", "--store", str(store)], capsys)
+    assert code == 0, err
     assert mounts_below(area)  # left for the module teardown to unmount
 
 

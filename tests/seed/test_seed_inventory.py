@@ -60,6 +60,8 @@ def test_guests_lists_what_seed_wrote(tmp_path, capsys):
         code, _, err = run_cli(args, capsys)
         assert code == 0, err
     code, out, _ = run_cli(["guests", "--confdir", str(tmp_path / "etc"), "--json"], capsys)
+    assert code == 0 and all(g["disk_usage"] is None for g in json.loads(out))  # roots walked only with --usage
+    code, out, _ = run_cli(["guests", "--confdir", str(tmp_path / "etc"), "--json", "--usage"], capsys)
     rows = {g["name"]: g for g in json.loads(out)}
     assert code == 0 and set(rows) == {"web1", "web2"}
     web2 = rows["web2"]

@@ -20,7 +20,7 @@ import pytest
 
 from imagefactory.core.progress import Progress
 from kernel.build import DEFAULT_CACHE
-from kernel.qemutest import _demo_rootfs, _prepare_kernel, boot, parse_console
+from kernel.qemutest import _demo_rootfs, boot, parse_console, prepare_kernel
 from tests.support import need_tool
 
 HERE = Path(__file__).resolve().parent / "qemu"
@@ -43,7 +43,7 @@ def test_quota_way_under_qemu():
 
     progress = Progress(quiet=True)
     cache = Path(os.environ.get("IMAGEFACTORY_KERNEL_CACHE", DEFAULT_CACHE))
-    run_dir, release = _prepare_kernel(HERE / "quota-6.1.toml", cache, "quota-demo", progress)
+    run_dir, release = prepare_kernel(HERE / "quota-6.1.toml", cache, "quota-demo", progress)
     tarball = _demo_rootfs(cache, "bookworm", host_debian_mirror(), progress)
     disk = run_dir / "root.img"
     disk.unlink(missing_ok=True)

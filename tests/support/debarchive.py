@@ -218,6 +218,18 @@ def make_archive(root: Path, debs: list[Deb] | None = None) -> Archive:
     return archive
 
 
+def make_suite(root: Path, suite: str, debs: list[Deb], signer: Archive) -> Archive:
+    """Another suite (e.g. testing-security) under root, signed by signer's key (one keyring for all)."""
+    pool = root / "pool" / "main"
+    pool.mkdir(parents=True, exist_ok=True)
+    for deb in debs:
+        build_deb(deb, pool)
+    archive = Archive(root, signer.keyring, signer.gnupghome, suite)
+    write_packages(archive)
+    write_release(archive)
+    return archive
+
+
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:
         pass

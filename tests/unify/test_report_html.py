@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from imagefactory.core.units import human
 from tests.support import need_tool
 from tests.support.report import build_fixture
 from unify.report.html import PRIVATE, SHARED, render_html
@@ -126,3 +127,33 @@ def test_renders_in_headless_chromium(report, tmp_path):
     # Both stacked-bar colours are painted in quantity (bars, curves, legend), on a white page.
     assert counts[PRIVATE] > 2000 and counts[SHARED] > 2000, counts
     assert 0.3 * sampled < counts["#ffffff"] < 0.97 * sampled, counts
+
+
+def test_axis_labels_keep_the_decimals_they_need():
+    from unify.report.html import _tick_label, _ticks
+
+    ticks, unit, name = _ticks(1.2 * 1024**3)
+    assert [_tick_label(t, unit, name) for t in ticks] == \
+        ["0", "0.25 GiB", "0.5 GiB", "0.75 GiB", "1 GiB", "1.25 GiB"]
+    ticks, unit, name = _ticks(3.6 * 1024**2)  # step 0.75 would need ".2f" too; steps are 1, 2, 2.5, 5
+    assert [_tick_label(t, unit, name) for t in ticks][:3] == ["0", "1 MiB", "2 MiB"]
+
+
+def test_many_guests_are_aggregated_into_at_most_fifty_columns():
+    """1,000 guests: 50 columns, each the mean of 20 consecutive guests, labelled with their numbers."""
+    from unify.report.html import MAX_BARS, bar_chart, curve_chart
+    from unify.report.model import GuestFigures, Report
+
+    guests = [GuestFigures(f"/vservers/g{i:04d}", f"g{i:04d}", files=4000, disk_bytes=(100 + i % 20) << 20,
+                           shared_bytes=90 << 20) for i in range(1000)]
+    cumulative = [{"guests": i + 1, "name": g.name, "without_bytes": (i + 1) * (100 << 20),
+                   "with_bytes": (i + 1) * (20 << 20)} for i, g in enumerate(guests)]
+    report = Report("inode", guests, None, {}, [], [], {}, cumulative)
+    bars = bar_chart(report)
+    assert bars.count("<rect") == 2 * MAX_BARS
+    assert ">1–20<" in bars and ">981–1000<" in bars and "mean of 20 consecutive guests" in bars
+    mean_private = sum(g.private_bytes for g in guests[:20]) / 20
+    assert f"private {human(mean_private)}" in bars
+    assert curve_chart(report).count("<circle") <= 2 * 101
+    few = Report("inode", guests[:MAX_BARS], None, {}, [], [], {}, cumulative[:MAX_BARS])
+    assert bar_chart(few).count("<rect") == 2 * MAX_BARS and "<title>g0049: private" in bar_chart(few)

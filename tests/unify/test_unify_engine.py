@@ -82,10 +82,16 @@ def test_dry_run_changes_no_guest_but_counts_like_a_real_run(tmp_path, guests):
     dry = unify(guests, tmp_path / "store", mode="hardlink", dry_run=True)
     assert [tree_state(g) for g in guests] == before
     assert [ino(g / "usr/bin/tool") for g in guests] == inodes
-    assert Store(tmp_path / "store").names() == set()
+    assert not (tmp_path / "store").exists()  # a dry run writes nothing, not even the store skeleton
     real = unify(guests, tmp_path / "store", mode="hardlink")
     assert (dry.linked, dry.new_entries, dry.bytes_saved) == (real.linked, real.new_entries, real.bytes_saved)
-    assert real.hashed == 0 and real.index_hits == dry.hashed  # the dry run's digests were reused
+    # A dry run over a store reads its index but changes nothing in it.
+    write(guests[0] / "usr/bin/new", b"a file the index has never seen\n" * 3)
+    index_file = tmp_path / "store" / "index.sqlite"
+    before_index = (index_file.stat().st_mtime_ns, index_file.stat().st_size)
+    again = unify(guests, tmp_path / "store", mode="hardlink", dry_run=True)
+    assert (again.already_unified, again.linked) == (real.linked, 0)
+    assert (index_file.stat().st_mtime_ns, index_file.stat().st_size) == before_index
 
 
 def test_rerun_hashes_only_changed_files(tmp_path, guests):
@@ -220,16 +226,18 @@ def test_directory_swapped_for_a_symlink_mid_run_is_not_followed(tmp_path, guest
     store = Store(tmp_path / "store")
     store.create("hardlink")
     summary = Summary("hardlink", "test", False, str(store.root))
-    u = Unifier(guests, store, Protection(Mode.HARDLINK), summary, UnifyOptions(), Progress(quiet=True))
+    db = index.connect(store.index)
+    u = Unifier(guests, store, Protection(Mode.HARDLINK), summary, UnifyOptions(), Progress(quiet=True), db, db)
     try:
-        records, linkable, _ = u.scan()
+        u.scan()
         os.rename(guests[1] / "usr/bin", guests[1] / "usr/bin.real")
         (guests[1] / "usr/bin").symlink_to(host)
-        names = store.names()
-        u.create_entries(linkable, names)
-        u.link_all(linkable, names, records)
+        for chunk in u.groups():
+            u.create_entries(chunk)
+            u.link_chunk(chunk)
     finally:
         u.close()
+        db.close()
     assert victim.stat().st_nlink == 1 and sorted(p.name for p in host.iterdir()) == ["tool"]
     assert summary.changed >= 1
     assert (guests[0] / "usr/bin/tool").stat().st_nlink == 3  # g0 and g2 still unified

@@ -183,8 +183,9 @@ class Builder:
         }
         for g, heap in enumerate(self.heaps):
             guest = self.guests[g]
+            db = dbs.pop(guest.name)  # dropped after this guest: 1,000 loaded dpkg databases would not fit
             for disk, size, rel in sorted(heap, reverse=True):
-                guest.largest_private.append(FileItem(rel, guest.name, size, disk, dbs[guest.name].owner(rel)))
+                guest.largest_private.append(FileItem(rel, guest.name, size, disk, db.owner(rel)))
         without = sum(g.disk_bytes for g in self.guests)
         cumulative, run_without, run_with = [], 0, self.store_overhead
         for i, guest in enumerate(self.guests):

@@ -53,10 +53,9 @@ def _ticks(top: float, count: int = 5) -> tuple[list[float], float, str]:
 
 
 def _tick_label(value: float, unit: float, name: str) -> str:
-    v = value / unit
-    if v == 0:
-        return "0"
-    return f"{v:.0f} {name}" if abs(v - round(v)) < 1e-9 else f"{v:.1f} {name}"
+    """As many decimals as the tick needs: 0.25 GiB stays 0.25 GiB (".1f" made it 0.2)."""
+    v = round(value / unit, 6)  # steps are 1, 2, 2.5 or 5 x 10^k: six places absorb float noise
+    return "0" if v == 0 else f"{v:g} {name}"
 
 
 def _axes(width: int, height: int, left: int, bottom: int, top_pad: int, ymax: float) -> tuple[list[str], float]:
@@ -73,37 +72,60 @@ def _axes(width: int, height: int, left: int, bottom: int, top_pad: int, ymax: f
     return parts, ymax
 
 
+MAX_BARS = 50  # beyond this many guests, one bar stands for a group of consecutive guests
+
+
 def bar_chart(report: Report, width: int = 1080, height: int = 380) -> str:
-    """One stacked column per guest: private bytes below, shared bytes above."""
+    """One stacked column per guest: private bytes below, shared bytes above.
+
+    With more than MAX_BARS guests, each column is the mean of a run of consecutive guests
+    (at most MAX_BARS columns, labelled with the guest numbers they cover): 1,000 bars of
+    one pixel each show nothing and make the page heavy.
+    """
     guests = report.guests
-    longest = max((len(_short(g.name)) for g in guests), default=1)
+    per = max(1, math.ceil(len(guests) / MAX_BARS))
+    bars = []  # (label, tooltip, private, shared)
+    for start in range(0, len(guests), per):
+        run = guests[start:start + per]
+        private = sum(g.private_bytes for g in run) / len(run)
+        shared = sum(g.shared_bytes for g in run) / len(run)
+        ratio = 100 * shared / (private + shared) if private + shared else 0.0
+        if per == 1:
+            g = run[0]
+            bars.append((_short(g.name), f"{g.name}: private {human(g.private_bytes)}, shared "
+                         f"{human(g.shared_bytes)} ({100 * g.share_ratio:.1f}%)", private, shared))
+        else:
+            span = f"{start + 1}–{start + len(run)}"
+            bars.append((span, f"guests {span} ({run[0].name} … {run[-1].name}), mean per guest: private "
+                         f"{human(private)}, shared {human(shared)} ({ratio:.1f}%)", private, shared))
+    longest = max((len(label) for label, *_ in bars), default=1)
     left, top_pad = 78, 12
-    bottom = 28 + int(longest * 7 * 0.65) if len(guests) <= 40 else 40  # rotated labels need room
-    ymax: float = max((g.disk_bytes for g in guests), default=0) or 1
+    bottom = 28 + int(longest * 7 * 0.65) if len(bars) <= 40 or per > 1 else 40  # rotated labels need room
+    ymax: float = max((p + s for _, _, p, s in bars), default=0) or 1
     parts, ymax = _axes(width, height, left, bottom, top_pad, ymax)
     plot_w, plot_h = width - left - 20, height - bottom - top_pad
-    slot = plot_w / max(len(guests), 1)
+    slot = plot_w / max(len(bars), 1)
     bar = max(min(slot * 0.7, 60), 1.5)
-    every = max(1, math.ceil(len(guests) / 40))
-    for i, g in enumerate(guests):
+    for i, (label, tip, private, shared) in enumerate(bars):
         x = left + 6 + i * slot + (slot - bar) / 2
         y0 = top_pad + plot_h
-        hp = plot_h * g.private_bytes / ymax
-        hs = plot_h * g.shared_bytes / ymax
-        tip = _e(f"{g.name}: private {human(g.private_bytes)}, shared {human(g.shared_bytes)} "
-                 f"({100 * g.share_ratio:.1f}%)")
-        parts.append(f'<g><title>{tip}</title>'
+        hp = plot_h * private / ymax
+        hs = plot_h * shared / ymax
+        parts.append(f'<g><title>{_e(tip)}</title>'
                      f'<rect x="{x:.1f}" y="{y0 - hp:.1f}" width="{bar:.1f}" height="{hp:.1f}" fill="{PRIVATE}"/>'
                      f'<rect x="{x:.1f}" y="{y0 - hp - hs:.1f}" width="{bar:.1f}" height="{hs:.1f}" '
                      f'fill="{SHARED}"/></g>')
-        if len(guests) <= 40:
+        if len(bars) <= 40 or per > 1:
             cx = x + bar / 2
             parts.append(f'<text x="{cx:.1f}" y="{y0 + 14}" text-anchor="end" '
-                         f'transform="rotate(-40 {cx:.1f} {y0 + 14})">{_e(_short(g.name))}</text>')
-        elif i % every == 0 or i == len(guests) - 1:
+                         f'transform="rotate(-40 {cx:.1f} {y0 + 14})">{_e(label)}</text>')
+        elif i % 5 == 0 or i == len(bars) - 1:
             parts.append(f'<text x="{x + bar / 2:.1f}" y="{y0 + 16}" text-anchor="middle">{i + 1}</text>')
     parts.append(_baseline(left, width, top_pad + plot_h))
-    return _svg(width, height, "Private and shared bytes per guest", parts)
+    title = "Private and shared bytes per guest"
+    if per > 1:
+        title += f" (each column: the mean of {per} consecutive guests)"
+    return _svg(width, height, title, parts)
 
 
 def curve_chart(report: Report, width: int = 1080, height: int = 380) -> str:
@@ -125,7 +147,10 @@ def curve_chart(report: Report, width: int = 1080, height: int = 380) -> str:
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2.5" '
                      f'points="{" ".join(f"{x:.1f},{y:.1f}" for x, y in coords)}"/>')
         radius = 3.5 if n <= 60 else 2
-        for (x, y), p in zip(coords, points, strict=True):
+        dot_every = max(1, math.ceil(n / 100))  # at most ~100 dots per line (1,000 guests stay light)
+        for i, ((x, y), p) in enumerate(zip(coords, points, strict=True)):
+            if i % dot_every and i != n - 1:
+                continue
             tip = _e(f"{p['guests']} guests ({p['name']}): {label} {human(p[key])}")
             parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{radius}" fill="{colour}">'
                          f'<title>{tip}</title></circle>')
@@ -207,6 +232,9 @@ def render_html(report: Report, top: int = 20) -> str:
         f'{"would be shared" if what_if else "shared through the store"}'
         "</span></div>",
         bar_chart(report),
+        *([f'<p class="note">{len(report.guests)} guests: each column is the mean of '
+           f'{math.ceil(len(report.guests) / MAX_BARS)} consecutive guests; the table below lists every guest.</p>']
+          if len(report.guests) > MAX_BARS else []),
         "<h2>Cumulative disk use</h2>",
         f'<div class="legend"><span><i class="sw" style="background:{WITHOUT}"></i>without unification</span>'
         f'<span><i class="sw" style="background:{WITH}"></i>with unification</span></div>',
@@ -236,6 +264,9 @@ def render_html(report: Report, top: int = 20) -> str:
     s = report.store
     if s is not None:
         out += [f"<h2>Store</h2><p>{_e(s.path)}: {s.entries:,} entries, {_e(human(s.disk_bytes))} on disk.</p>"]
+        if s.overflow_entries:
+            out.append(f"<p>Link limit: {s.overflow_entries:,} overflow entries (contents linked more often "
+                       "than the filesystem allows per inode).</p>")
         if report.mode == "inode":
             out.append(_table(
                 [("Links", False), ("Entries", True), ("Disk", True)],

@@ -82,6 +82,7 @@ def _walk_store(store: Path, b: Builder) -> tuple[StoreFigures, dict[tuple[int, 
         figures.disk_bytes += st.st_blocks * 512
         if stat.S_ISREG(st.st_mode) and rel.startswith("/objects/") and ustore.parse_entry_name(name):
             entries[(st.st_dev, st.st_ino)] = (st.st_blocks * 512, rel)
+            figures.overflow_entries += ustore.copy_of(name) > 0
             nlinks.append((st.st_nlink, st.st_blocks * 512))
     figures.entries = len(entries)
     figures.orphans = sum(1 for n, _ in nlinks if n <= 1)
@@ -208,10 +209,8 @@ def _reflink_key(records: dict, entry_group: dict, dir_fd: int, name: str, rel: 
                  st: os.stat_result) -> tuple[tuple[int, int] | None, int]:
     """(group key, shared bytes) of a guest file; (None, 0) when it shares nothing."""
     rec = records.get(rel[1:])
-    if rec is not None and rec[uindex.ENTRY] in entry_group and rec[uindex.DEV] == st.st_dev and \
-            rec[uindex.INO] == st.st_ino and rec[uindex.SIZE] == st.st_size and \
-            rec[uindex.MTIME] == st.st_mtime_ns and rec[uindex.CTIME] == st.st_ctime_ns:
-        return entry_group[rec[uindex.ENTRY]], st.st_blocks * 512
+    if rec is not None and rec.copy is not None and rec.fresh(st) and rec.entry in entry_group:
+        return entry_group[rec.entry], st.st_blocks * 512
     if records:
         return None, 0  # the index knows this guest: a file it did not clone shares nothing
     info = _extent_info(dir_fd, name, st)

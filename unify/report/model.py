@@ -56,6 +56,7 @@ class StoreFigures:
     disk_bytes: int = 0
     orphans: int = 0
     link_histogram: list[dict] = field(default_factory=list)
+    overflow_entries: int = 0  # second (third...) entries of a content whose entry hit the link limit
 
 
 @dataclass

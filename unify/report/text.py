@@ -55,6 +55,9 @@ def render_text(report: Report, top: int) -> str:
     if s is not None:
         out += ["", f"Store {s.path}: {s.entries:,} entries, {human(s.disk_bytes)} on disk, "
                     f"{s.orphans:,} with no guest link"]
+        if s.overflow_entries:
+            out.append(f"Link limit: {s.overflow_entries:,} overflow entries (contents linked more often "
+                       "than the filesystem allows per inode)")
         if report.mode == "inode" and s.link_histogram:
             rows = [[f"{h['min_links']}" if h["min_links"] == h["max_links"] else f"{h['min_links']}-{h['max_links']}",
                      f"{h['entries']:,}", human(h["disk_bytes"])] for h in s.link_histogram]

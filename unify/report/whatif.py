@@ -106,7 +106,7 @@ def _content_keys(recs: list[_Candidate], roots: list[Path], store: Path | None,
                   progress) -> dict[tuple[int, int], str]:
     """(dev, ino) -> store entry name the file would be unified with."""
     keys: dict[tuple[int, int], str] = {}
-    indexes: dict[int, dict[str, list]] = {}
+    indexes: dict[int, dict[str, uindex.Record]] = {}
     buf = bytearray(ustore.CHUNK)
     for n, rec in enumerate(recs, 1):
         if (rec.dev, rec.ino) in keys:
@@ -141,10 +141,8 @@ def _hash_file(root: Path, rel: str, dev: int, ino: int, ignore_mtime: bool, buf
             return None  # replaced since the walk
         meta = ustore.meta_of(st, ustore.read_xattrs(fd), ignore_mtime)
         rec = records.get(rel[1:])
-        if rec and rec[uindex.DIGEST] and [rec[uindex.DEV], rec[uindex.INO], rec[uindex.SIZE],
-                                           rec[uindex.MTIME], rec[uindex.CTIME]] == \
-                [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]:
-            digest, size = rec[uindex.DIGEST], st.st_size
+        if rec and rec.digest and rec.fresh(st):
+            digest, size = rec.hexdigest, st.st_size
         else:
             digest, size = ustore.hash_fd(fd, buf)
         return ustore.entry_name(digest, meta.key(), size)

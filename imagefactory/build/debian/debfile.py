@@ -47,6 +47,19 @@ def ar_members(data: bytes, origin: str) -> dict[str, bytes]:
     return members
 
 
+def ar_mtime(deb: Path) -> int:
+    """The timestamp of a .deb's first ar member: when dpkg-deb built it (SOURCE_DATE_EPOCH of the
+    package's changelog for reproducible builds). Only the header is read."""
+    with open(deb, "rb") as f:
+        head = f.read(len(AR_MAGIC) + 60)
+    if not head.startswith(AR_MAGIC) or len(head) < len(AR_MAGIC) + 60:
+        raise VerificationError(f"{deb}: not a .deb (no ar header)")
+    try:
+        return int(head[len(AR_MAGIC) + 16:len(AR_MAGIC) + 28].decode().strip() or 0)
+    except ValueError:
+        raise VerificationError(f"{deb}: corrupt ar header") from None
+
+
 def decompress_member(name: str, blob: bytes, origin: str) -> bytes:
     """data.tar / control.tar in any compression dpkg accepts (Ubuntu uses zstd)."""
     try:
@@ -129,3 +142,8 @@ def extract_data(deb: Path, root: Path, exclude: tuple[str, ...] = ()) -> None:
                 tar.extract(m, root, set_attrs=not m.issym(), numeric_owner=True, filter="fully_trusted")
             except FileExistsError:  # a parallel extraction created a parent directory meanwhile
                 tar.extract(m, root, set_attrs=not m.issym(), numeric_owner=True, filter="fully_trusted")
+            if m.isdir():
+                # Packages run in parallel and the first to create a shared directory would set its
+                # mtime (dpkg later leaves existing directories alone): a race. Give it the time of
+                # extraction instead, which the image clamps to SOURCE_DATE_EPOCH: the same every build.
+                os.utime(target, follow_symlinks=False)

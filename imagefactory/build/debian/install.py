@@ -19,10 +19,14 @@ from imagefactory.build import chroot
 from imagefactory.build.debian.debfile import extract_data
 from imagefactory.build.debian.packages import Package
 from imagefactory.build.debian.resolve import install_rounds
-from imagefactory.core.errors import EnvironmentProblem
+from imagefactory.core.errors import EnvironmentProblem, UnsafeInput
+from imagefactory.core.paths import is_inside
 from imagefactory.core.progress import Progress
 
-MERGED_USR = {"amd64": ("bin", "sbin", "lib", "lib64"), "i386": ("bin", "sbin", "lib")}
+MERGED_USR = {"amd64": ("bin", "sbin", "lib", "lib64"), "i386": ("bin", "sbin", "lib"),
+              "arm64": ("bin", "sbin", "lib")}
+BUILD_FILES = ("etc/dpkg/dpkg.cfg.d/imagefactory-build", "etc/dpkg/dpkg.cfg.d/imagefactory-excludes",
+               "usr/sbin/policy-rc.d", "var/lib/dpkg/arch")
 DEB_MOUNT = "run/imagefactory-debs"
 POLICY_RC_D = "#!/bin/sh\n# imagefactory: no service starts while building\nexit 101\n"
 
@@ -95,6 +99,36 @@ def dpkg_install(root: Path, debs: list[Path], cache_dir: Path, env: dict[str, s
     chroot.run(root, argv + [_in_guest(d, cache_dir) for d in debs], env, what)
 
 
+def _install_rounds(root: Path, others: list[Package], installed: list[Package], files: dict[str, Path],
+                    cache_dir: Path, arch: str, env: dict[str, str], progress: Progress) -> None:
+    """dpkg --install `others` in Pre-Depends order on top of `installed`, then audit the database."""
+    mnt = _bind_cache(root, cache_dir)
+    try:
+        rounds = install_rounds(others, installed, arch)
+        for i, batch in enumerate(rounds, 1):
+            progress.stage(f"dpkg: installing {len(batch)} packages (round {i}/{len(rounds)})")
+            dpkg_install(root, [files[p.name] for p in batch], cache_dir, env, False, f"dpkg (round {i})")
+        progress.stage("dpkg: checking the database")
+        audit = chroot.run(root, ["dpkg", "--audit"], env, "dpkg --audit")
+        if audit.strip():
+            raise EnvironmentProblem(f"dpkg --audit reports problems: {audit.strip().splitlines()[0]}")
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def install_more(root: Path, extra: list[Package], installed: list[Package], files: dict[str, Path],
+                 cache_dir: Path, arch: str, exclude: tuple[str, ...], epoch: int, progress: Progress) -> None:
+    """Extend a finished root (a copy of a cached base tree) with more packages."""
+    real = os.path.realpath(root)
+    for rel in BUILD_FILES:  # packages are installed there now: never write through one of their symlinks
+        if not is_inside(os.path.realpath(os.path.dirname(root / rel)), real) or (root / rel).is_symlink():
+            raise UnsafeInput(f"{root / rel} resolves outside the guest; not extending this tree")
+    prepare_root(root, arch, exclude)
+    with chroot.mounted(root):
+        _install_rounds(root, extra, installed, files, cache_dir, arch, {"SOURCE_DATE_EPOCH": str(epoch)}, progress)
+    finish_root(root)
+
+
 def install(root: Path, packages: list[Package], essential_names: set[str], files: dict[str, Path],
             cache_dir: Path, arch: str, exclude: tuple[str, ...], epoch: int, progress: Progress) -> None:
     """The whole Debian install: prepare, extract the essential closure, dpkg in the chroot."""
@@ -108,14 +142,7 @@ def install(root: Path, packages: list[Package], essential_names: set[str], file
         try:
             progress.stage(f"dpkg: installing {len(essential)} essential packages")
             dpkg_install(root, [files[p.name] for p in essential], cache_dir, env, True, "dpkg (essential set)")
-            rounds = install_rounds(others, essential, arch)
-            for i, batch in enumerate(rounds, 1):
-                progress.stage(f"dpkg: installing {len(batch)} packages (round {i}/{len(rounds)})")
-                dpkg_install(root, [files[p.name] for p in batch], cache_dir, env, False, f"dpkg (round {i})")
-            progress.stage("dpkg: checking the database")
-            audit = chroot.run(root, ["dpkg", "--audit"], env, "dpkg --audit")
-            if audit.strip():
-                raise EnvironmentProblem(f"dpkg --audit reports problems: {audit.strip().splitlines()[0]}")
         finally:
             subprocess.run(["umount", str(mnt)], capture_output=True)
+        _install_rounds(root, others, essential, files, cache_dir, arch, env, progress)
     finish_root(root)

@@ -170,24 +170,58 @@ def initial_set(universe: Universe, variant: str, extra: tuple[str, ...]) -> lis
     return list(dict.fromkeys(names + list(extra)))
 
 
+def _hits(universe: Universe, pkg: Package, other: Package) -> str | None:
+    """The Conflicts/Breaks relation of pkg that other violates, or None. A package never conflicts
+    with itself, nor through a virtual name it provides itself (apt's rule for 'Provides: x, Conflicts: x')."""
+    if pkg.name == other.name:
+        return None
+    for field, text in (("Conflicts", pkg.conflicts), ("Breaks", pkg.breaks)):
+        if not text:
+            continue
+        for group in parse_relations(text, universe.arch):
+            for rel in group:
+                if rel.name == other.name:
+                    if rel.allows(other.version):
+                        return f"{field}: {rel}"
+                elif other.provides and rel.op is None:
+                    if any(n == rel.name for n, _ in parse_provides(other.provides)):
+                        return f"{field}: {rel} (provided by {other.name})"
+    return None
+
+
+def conflict(universe: Universe, a: Package, b: Package) -> str | None:
+    """How a and b cannot be installed together ('a Breaks: b (<< 2)'), or None."""
+    why = _hits(universe, a, b)
+    if why:
+        return f"{a.name} {a.version} {why}"
+    why = _hits(universe, b, a)
+    return f"{b.name} {b.version} {why}" if why else None
+
+
 def resolve(universe: Universe, requested: list[str], where: str = "the archive") -> list[Package]:
-    """Close `requested` under Pre-Depends and Depends; returns packages in selection order."""
+    """Close `requested` under Pre-Depends and Depends, honouring Conflicts and Breaks;
+    returns packages in selection order."""
     chosen: dict[str, Package] = {}
     why: dict[str, tuple[str, str]] = {}  # name -> (parent, relation) for error chains
-    for name in requested:
-        pkg = universe.candidates.get(name)
-        if pkg is None:
-            provs = universe.matches(Rel(name))
-            if not provs:
-                raise ResolveError(f"unknown package {name!r}: not in {where}")
-            pkg = provs[0]
-        chosen.setdefault(pkg.name, pkg)
+    declaring: list[Package] = []  # chosen packages that declare Conflicts/Breaks (few)
 
-    def satisfied(rel: Rel) -> bool:
-        real = chosen.get(rel.name)
-        if real and rel.allows(real.version):
-            return True
-        return any(p.name in chosen and chosen[p.name] is p for p in universe.matches(rel) if p.name != rel.name)
+    def clash(pkg: Package) -> str | None:
+        """The first conflict between pkg and the chosen set."""
+        if pkg.conflicts or pkg.breaks:
+            for other in chosen.values():
+                c = conflict(universe, pkg, other)
+                if c:
+                    return c
+        for other in declaring:
+            c = conflict(universe, other, pkg)
+            if c:
+                return c
+        return None
+
+    def choose(pkg: Package) -> None:
+        chosen[pkg.name] = pkg
+        if pkg.conflicts or pkg.breaks:
+            declaring.append(pkg)
 
     def chain(name: str) -> str:
         links = [name]
@@ -196,6 +230,27 @@ def resolve(universe: Universe, requested: list[str], where: str = "the archive"
             links.append(name)
         return " <- ".join(links)
 
+    for name in requested:
+        pkg = universe.candidates.get(name)
+        if pkg is None:
+            provs = universe.matches(Rel(name))
+            if not provs:
+                raise ResolveError(f"unknown package {name!r}: not in {where}")
+            pkg = next((p for p in provs if p.name in chosen or not clash(p)), provs[0])
+        if pkg.name in chosen:
+            continue
+        c = clash(pkg)
+        if c:
+            other = next(o for o in chosen.values() if conflict(universe, pkg, o))
+            raise ResolveError(f"requested packages {other.name} and {pkg.name} conflict ({c}) in {where}")
+        choose(pkg)
+
+    def satisfied(rel: Rel) -> bool:
+        real = chosen.get(rel.name)
+        if real and rel.allows(real.version):
+            return True
+        return any(p.name in chosen and chosen[p.name] is p for p in universe.matches(rel) if p.name != rel.name)
+
     queue = deque(chosen.values())
     while queue:
         pkg = queue.popleft()
@@ -203,16 +258,23 @@ def resolve(universe: Universe, requested: list[str], where: str = "the archive"
             for group in parse_relations(field, universe.arch):
                 if any(satisfied(rel) for rel in group):
                     continue
-                pick = next((m[0] for rel in group if (m := universe.matches(rel))), None)
+                cands = [m for rel in group for m in universe.matches(rel)]
+                # like apt: the first alternative that can be installed next to what is chosen
+                pick = next((m for m in cands if m.name not in chosen and not clash(m)), None)
                 if pick is None:
                     alts = " | ".join(str(r) for r in group)
-                    raise ResolveError(f"unsatisfiable dependency {alts} of {chain(pkg.name)} in {where}")
-                if pick.name in chosen:  # a different version would be needed
-                    raise ResolveError(
-                        f"{chain(pkg.name)} needs {' | '.join(str(r) for r in group)}, "
-                        f"but {pick.name} {chosen[pick.name].version} is already chosen"
-                    )
-                chosen[pick.name] = pick
+                    if not cands:
+                        raise ResolveError(f"unsatisfiable dependency {alts} of {chain(pkg.name)} in {where}")
+                    first = cands[0]
+                    if first.name in chosen:  # a different version would be needed
+                        raise ResolveError(
+                            f"{chain(pkg.name)} needs {alts}, but {first.name} {chosen[first.name].version} "
+                            "is already chosen"
+                        )
+                    blocker = next(o for o in chosen.values() if conflict(universe, first, o))
+                    raise ResolveError(f"{chain(pkg.name)} needs {alts}, but {clash(first)} "
+                                       f"({blocker.name} is there for {chain(blocker.name)})")
+                choose(pick)
                 why[pick.name] = (pkg.name, " | ".join(str(r) for r in group))
                 queue.append(pick)
     return list(chosen.values())

@@ -9,13 +9,13 @@ configure: identity, the secure /dev, customize steps, cleanup (shared with Debi
 from __future__ import annotations
 
 import datetime
-import os
+import hashlib
 import urllib.parse
 from pathlib import Path
 
 from imagefactory.build import chroot, configure
 from imagefactory.build.fetch import cached_fetch, fetch_url
-from imagefactory.build.plan import Artifact, BuildOptions, Plan
+from imagefactory.build.plan import Artifact, BuildOptions, Plan, SourceSnapshot
 from imagefactory.build.recipe import Recipe
 from imagefactory.build.rpm import comps, install
 from imagefactory.build.rpm.primary import Package, load_primary, open_decompressed
@@ -34,6 +34,14 @@ def repo_url(template: str, recipe: Recipe) -> str:
     return url.rstrip("/") + "/"
 
 
+def repo_urls(recipe: Recipe, mirror: str) -> list[str]:
+    """The repositories to read: each of the recipe's sources (a path under the mirror, e.g. releases/...
+    and updates/..., or a full URL), else the mirror itself. Each repomd.xml is verified on its own and
+    the newest EVR of a name wins across them, as dnf decides."""
+    base = repo_url(mirror, recipe)
+    return [repo_url(urllib.parse.urljoin(base, src), recipe) for src in recipe.sources] or [base]
+
+
 def _metadata(mirror: str, f: RepoFile, cache_dir: Path) -> Path:
     """A metadata file from the mirror, verified against repomd.xml into the shared cache."""
     if f.checksum_type != "sha256":
@@ -41,7 +49,7 @@ def _metadata(mirror: str, f: RepoFile, cache_dir: Path) -> Path:
     return cached_fetch(mirror + f.href, f.checksum, f.size, cache_dir)
 
 
-def _repomd(mirror: str, recipe: Recipe) -> Repomd:
+def _repomd(mirror: str, recipe: Recipe) -> tuple[Repomd, bytes]:
     """repomd.xml, its detached signature checked first when the recipe asks for it."""
     data = fetch_url(mirror + "repodata/repomd.xml")
     if recipe.repo_gpgcheck:
@@ -53,7 +61,7 @@ def _repomd(mirror: str, recipe: Recipe) -> Repomd:
     md = parse_repomd(data)
     if "primary" not in md.files:
         raise VerificationError(f"{mirror}repodata/repomd.xml lists no primary metadata")
-    return md
+    return md, data
 
 
 def _artifact(p: Package, mirror: str) -> Artifact:
@@ -75,24 +83,40 @@ class RpmBackend:
             raise RecipeError(f"{where} 'keyring' is required for family {recipe.family.value!r} (package signatures)")
         if not Path(recipe.keyring).is_file():  # fail before downloading anything
             raise VerificationError(f"keyring {recipe.keyring} not found (install the distribution's key)")
-        mirror = repo_url(opts.mirror or recipe.mirror, recipe)
-        progress.stage(f"metadata: {mirror}repodata/repomd.xml")
-        md = _repomd(mirror, recipe)
-        primary = md.files["primary"]
-        path = _metadata(mirror, primary, opts.cache_dir)
-        progress.stage(f"metadata: parsing {primary.href.rsplit('/', 1)[-1]}")
-        universe = Universe(load_primary(path, primary.href, frozenset({recipe.architecture, "noarch"})))
-        wanted = self._variant_packages(recipe, md.files, mirror, opts.cache_dir) + list(recipe.packages)
+        repos = repo_urls(recipe, opts.mirror or recipe.mirror)
+        packages: list[Package] = []
+        origin: dict[int, str] = {}
+        snaps = []
+        digests = []
+        wanted: list[str] = []
+        for mirror, src in zip(repos, recipe.sources or ("",), strict=True):
+            progress.stage(f"metadata: {mirror}repodata/repomd.xml")
+            md, raw = _repomd(mirror, recipe)
+            primary = md.files["primary"]
+            path = _metadata(mirror, primary, opts.cache_dir)
+            digests.append(primary.checksum)
+            progress.stage(f"metadata: parsing {primary.href.rsplit('/', 1)[-1]}")
+            found = load_primary(path, primary.href, frozenset({recipe.architecture, "noarch"}))
+            for p in found:
+                origin[id(p)] = mirror
+            packages += found
+            if not wanted:
+                wanted = self._variant_packages(recipe, md.files, mirror, opts.cache_dir)
+            date = datetime.datetime.fromtimestamp(md.timestamp, datetime.UTC).strftime("%a, %d %b %Y %H:%M:%S UTC")
+            if md.revision and md.revision != str(md.timestamp):
+                date += f" (revision {md.revision})"
+            snaps.append(SourceSnapshot(src or recipe.suite, mirror, date, md.timestamp,
+                                        hashlib.sha256(raw).hexdigest()))
+        universe = Universe(packages)
+        wanted += list(recipe.packages)
         if not wanted:
             raise ResolveError(f"nothing to install: the repository has no comps groups and {recipe.name} "
                                "lists no packages")
         chosen = resolve(universe, wanted)
         progress.stage(f"resolve: {len(wanted)} requested -> {len(chosen)} packages")
-        epoch = md.timestamp
-        date = datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%a, %d %b %Y %H:%M:%S UTC")
-        if md.revision and md.revision != str(epoch):
-            date += f" (revision {md.revision})"
-        return Plan(recipe, mirror, date, epoch, [_artifact(p, mirror) for p in chosen])
+        first = snaps[0]
+        return Plan(recipe, repos[0], first.date, first.epoch, [_artifact(p, origin[id(p)]) for p in chosen],
+                    snaps, tuple(sorted(digests)))
 
     def _variant_packages(self, recipe: Recipe, files: dict[str, RepoFile], mirror: str,
                           cache_dir: Path) -> list[str]:
@@ -109,8 +133,12 @@ class RpmBackend:
         rootfs.mkdir(parents=True, exist_ok=True)
         with chroot.mounted(rootfs):
             install.install(files, rootfs, Path(plan.recipe.keyring), plan.recipe.exclude_paths,
-                            int(os.environ.get("SOURCE_DATE_EPOCH", plan.snapshot_epoch)))
+                            plan.source_date_epoch)
         install.restore_mountpoints(rootfs)
+
+    def package_epoch(self, plan: Plan, files: dict[str, Path]) -> int:
+        """The newest build time in the set (each package's signed header)."""
+        return max((install.build_time(files[a.name]) for a in plan.packages), default=plan.snapshot_epoch)
 
     def configure(self, plan: Plan, rootfs: Path, progress: Progress) -> None:
         r = plan.recipe
@@ -118,7 +146,7 @@ class RpmBackend:
         configure.write_identity(rootfs, r.hostname)
         if r.customize:
             with chroot.mounted(rootfs):
-                configure.customize(rootfs, r, {"SOURCE_DATE_EPOCH": str(plan.snapshot_epoch)})
+                configure.customize(rootfs, r, {"SOURCE_DATE_EPOCH": str(plan.source_date_epoch)})
         configure.write_dev(rootfs)
         configure.cleanup(rootfs)
         install.tidy_rpmdb(rootfs)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import rpmfile
 
+from imagefactory.build import buildlog
 from imagefactory.core.errors import EnvironmentProblem, ImageFactoryError, VerificationError
 
 RPMDB = "/usr/lib/sysimage/rpm"
@@ -31,10 +32,12 @@ def _run(argv: list[str], what: str, epoch: int | None = None) -> subprocess.Com
     """Run an rpm tool; with epoch, rpm records it as every install time (a reproducible rpmdb)."""
     env = dict(ENV, SOURCE_DATE_EPOCH=str(epoch)) if epoch is not None else ENV
     try:
-        return subprocess.run(argv, capture_output=True, text=True, errors="replace", env=env,
+        proc = subprocess.run(argv, capture_output=True, text=True, errors="replace", env=env,
                               stdin=subprocess.DEVNULL)
     except FileNotFoundError:
         raise EnvironmentProblem(f"{argv[0]} not found: install rpm (scripts/setup does) to {what}") from None
+    buildlog.record(argv, proc.stdout + proc.stderr, proc.returncode)
+    return proc
 
 
 def rpm_argv(root: Path) -> list[str]:
@@ -72,6 +75,17 @@ def _as_tuple(value) -> tuple:
     if value is None:
         return ()
     return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+
+
+def build_time(path: Path) -> int:
+    """BUILDTIME from a package's header (set from SOURCE_DATE_EPOCH by reproducible builds)."""
+    try:
+        with rpmfile.open(path) as rpm:
+            value = rpm.headers.get("buildtime")
+    except Exception as exc:  # rpmfile raises plain errors on a malformed header
+        raise VerificationError(f"{path}: unreadable rpm header ({exc})") from None
+    value = _as_tuple(value)
+    return int(value[0]) if value else 0
 
 
 def file_list(path: Path) -> list[tuple[str, int]]:

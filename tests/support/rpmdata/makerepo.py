@@ -48,7 +48,7 @@ def sign_repomd(repo: Path, home: Path) -> None:
          "--detach-sign", "-o", str(asc), str(repo / "repodata/repomd.xml"))
 
 
-def build_rpms(work: Path, out: Path, home: Path) -> None:
+def build_rpms(work: Path, out: Path, home: Path, builds: list[tuple[str, list[str]]] | None = None) -> None:
     defines = {
         "_topdir": str(work / "rpmbuild"),
         "_rpmdir": str(out),
@@ -61,7 +61,7 @@ def build_rpms(work: Path, out: Path, home: Path) -> None:
         "_gpg_name": KEY_UID,
     }
     base = [x for k, v in defines.items() for x in ("--define", f"{k} {v}")]
-    builds = [
+    builds = builds if builds is not None else [
         ("base.spec", []),
         ("libtoy.spec", ["--define", "ver 1.0"]),
         ("libtoy.spec", ["--define", "ver 1.0^git1"]),
@@ -87,6 +87,15 @@ def make_repo(dest: Path, compress: str = "xz") -> TestRepo:
     with key.open("w") as f:
         subprocess.run(["gpg", "--homedir", str(home), "--armor", "--export", KEY_UID], stdout=f, check=True)
     return TestRepo(repo, key, home)
+
+
+def make_updates_repo(dest: Path, signer: TestRepo, builds: list[tuple[str, list[str]]]) -> TestRepo:
+    """A second repository (like Fedora's `updates`) with the given rebuilds, signed by signer's key."""
+    repo = dest / "repo"
+    build_rpms(dest, repo / "Packages", signer.gnupghome, builds)
+    _run("createrepo_c", "--quiet", str(repo))
+    sign_repomd(repo, signer.gnupghome)
+    return TestRepo(repo, signer.key, signer.gnupghome)
 
 
 if __name__ == "__main__":  # build one by hand: python tests/support/rpmdata/makerepo.py DIR
