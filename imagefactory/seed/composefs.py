@@ -6,7 +6,7 @@ seeded image's listing under images/SHA256.dump); the guest gets only its state 
 (metadata layer, upper, work) and an empty root that is the overlay's mount point. Commit
 order: state dir, root, conf dir (all renames prepared by seeder.seed_image), then the mount.
 The store is held with a shared lock from the first object written until the guest is
-registered, so a concurrent `unify --gc` (exclusive) never removes an object in between.
+registered, so a concurrent `unify gc` (exclusive) never removes an object in between.
 """
 
 from __future__ import annotations
