@@ -12,7 +12,8 @@ from pathlib import Path
 from imagefactory.core.manifest import Manifest, ManifestError
 from imagefactory.seed import contexts, disk, runtime
 from imagefactory.seed.vserver_conf import MANIFEST
-from unify.composefs.guest import GuestLayers, Usage, usage
+from unify.composefs.guest import GuestLayers
+from unify.composefs.mount import Usage, usage
 
 
 @dataclass

@@ -142,7 +142,7 @@ def find(root: Path) -> GuestLayers | None:
     return layers if layers.exists() else None
 
 
-def _blocks(top: Path) -> int:
+def blocks(top: Path) -> int:
     """Disk use below top (each inode once), not crossing into other mounts (the EROFS layer)."""
     total, seen = 0, set()
     try:
@@ -159,16 +159,3 @@ def _blocks(top: Path) -> int:
             seen.add((st.st_dev, st.st_ino))
             total += st.st_blocks * 512
     return total
-
-
-@dataclass
-class Usage:
-    mounted: bool
-    state_bytes: int  # metadata layer + listing + upper + work on disk
-    upper_bytes: int  # the guest's own changes
-
-
-def usage(layers: GuestLayers) -> Usage:
-    from unify.composefs.mount import is_mounted
-
-    return Usage(is_mounted(layers.root, "overlay"), _blocks(layers.state), _blocks(layers.upper))

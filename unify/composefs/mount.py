@@ -17,10 +17,11 @@ import contextlib
 import ctypes
 import errno
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from imagefactory.core.errors import EnvironmentProblem, ImageFactoryError
-from unify.composefs.guest import GuestLayers, GuestRecord
+from unify.composefs.guest import GuestLayers, GuestRecord, blocks
 
 MS_RDONLY = 1
 MNT_DETACH = 2
@@ -129,3 +130,13 @@ def umount(layers: GuestLayers, record: GuestRecord | None = None) -> bool:
     return was
 
 
+@dataclass
+class Usage:
+    mounted: bool
+    state_bytes: int  # metadata layer + listing + upper + work on disk
+    upper_bytes: int  # the guest's own changes
+
+
+def usage(layers: GuestLayers) -> Usage:
+    """Whether the guest's root is mounted, and what its own layers hold on disk."""
+    return Usage(is_mounted(layers.root, "overlay"), blocks(layers.state), blocks(layers.upper))

@@ -24,8 +24,9 @@ import stat
 from pathlib import Path
 
 from unify.composefs import dump
-from unify.composefs.guest import GuestLayers, usage
+from unify.composefs.guest import GuestLayers
 from unify.composefs.metadir import METACOPY
+from unify.composefs.mount import usage
 from unify.composefs.store import ObjectStore
 from unify.report.figures import Builder, GuestCount
 from unify.report.model import Report, StoreFigures
