@@ -95,7 +95,7 @@ def run(roots, store, mode, dry_run, ignore_mtime, min_size, exclude_from, as_js
         click.echo(f"imagefactory: warning: {w}", err=True)
     verb = "would link" if dry_run else "linked"
     listing = [f"{verb} {path} ({size} B) -> {entry}" for path, entry, size in sorted(s.listing or [])]
-    _out(as_json, s.to_dict(), listing + summary_lines(s))
+    emit(as_json, s.to_dict(), listing + summary_lines(s))
 
 
 @unify.command()
@@ -105,7 +105,7 @@ def run(roots, store, mode, dry_run, ignore_mtime, min_size, exclude_from, as_js
 def status(store: Path, as_json: bool, quiet: bool) -> None:
     """Show store size, entries, links and orphans."""
     st = maintain.status(store)
-    _out(as_json, st.to_dict(), [
+    emit(as_json, st.to_dict(), [
         f"Store:        {st.store} ({st.mode or 'no mode yet'} mode)",
         f"Entries:      {st.entries}, {human(st.entry_bytes)}",
         f"Guest links:  {st.guest_links} from {len(st.guests)} indexed guests",
@@ -123,7 +123,7 @@ def status(store: Path, as_json: bool, quiet: bool) -> None:
 def verify(store: Path, as_json: bool, quiet: bool) -> None:
     """Re-hash every entry; exit 3 if any no longer matches."""
     checked, problems = maintain.verify(store, progress=Progress(quiet=quiet or as_json))
-    _out(as_json, {"checked": checked, "problems": [p.__dict__ for p in problems]},
+    emit(as_json, {"checked": checked, "problems": [p.__dict__ for p in problems]},
          [f"{p.entry}: {p.problem}" for p in problems] + [f"Verified {checked} entries, {len(problems)} problems"])
     if problems:
         bad = len({p.entry for p in problems})
@@ -139,7 +139,7 @@ def gc(store: Path, dry_run: bool, as_json: bool, quiet: bool) -> None:
     """Remove entries no guest uses any more (and indexes of vanished guests)."""
     res = maintain.gc(store, dry_run=dry_run)
     verb = "Would remove" if dry_run else "Removed"
-    _out(as_json, res, [f"{verb} {res['removed']} entries ({human(res['bytes'])}) "
+    emit(as_json, res, [f"{verb} {res['removed']} entries ({human(res['bytes'])}) "
                         f"and {res['indexes_removed']} indexes of vanished guests"])
 
 
@@ -152,11 +152,12 @@ def gc(store: Path, dry_run: bool, as_json: bool, quiet: bool) -> None:
 def split(roots: tuple[Path, ...], store: Path, as_json: bool, quiet: bool) -> None:
     """Give the GUEST_ROOTs private copies again and drop them from the store."""
     results = [maintain.split(r, store) for r in roots]
-    _out(as_json, results, [f"{r['guest']}: {r['copied']} files made private ({human(r['bytes'])})"
+    emit(as_json, results, [f"{r['guest']}: {r['copied']} files made private ({human(r['bytes'])})"
                             for r in results])
 
 
-def _out(as_json: bool, data, lines: list[str]) -> None:
+def emit(as_json: bool, data: object, lines: list[str]) -> None:
+    """JSON for scripts, or the human lines."""
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:

@@ -23,7 +23,6 @@ stays bounded by the largest guest, not by the number of files:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import gc
 import itertools
@@ -38,6 +37,7 @@ from pathlib import Path
 
 import xxhash
 
+from imagefactory.core.atomic import syncfs
 from imagefactory.core.errors import EnvironmentProblem, ImageFactoryError
 from imagefactory.core.progress import Progress
 from unify import index, probe
@@ -137,16 +137,6 @@ class _DirCache:
         if self.fd >= 0:
             os.close(self.fd)
         self.fd, self.key = -1, None
-
-
-def _syncfs(path: Path) -> None:
-    """syncfs(2) the filesystem holding path (one flush for all new entries, not one per file)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
-            os.sync()
-    finally:
-        os.close(fd)
 
 
 def _fingerprint(st: os.stat_result | Stat) -> tuple:
@@ -412,7 +402,7 @@ class Unifier:
             dirs.close()
         # Entry data on disk before any guest depends on it (also entries an earlier, killed run
         # created but never flushed).
-        _syncfs(self.store.objects)
+        syncfs(self.store.objects)
 
     def _create_entry(self, name: str, ref: FileRef, dirs: _DirCache) -> bool:
         try:

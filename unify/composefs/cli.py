@@ -4,7 +4,6 @@ stores; everything else goes to the plain unify commands unchanged."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -14,7 +13,7 @@ from imagefactory.core.progress import Progress
 from imagefactory.core.units import human
 from imagefactory.core.verbs import DEFAULT, DefaultCommand, VerbGroup
 from unify import probe
-from unify.cli import OLD_FLAGS
+from unify.cli import OLD_FLAGS, emit
 from unify.cli import unify as plain_unify
 from unify.composefs import convert, maintain, support
 from unify.composefs.store import ObjectStore
@@ -47,21 +46,13 @@ def auto_mode(store: Path) -> tuple[str, str]:
     return "auto", f"composefs not available: {cfs.reason}"
 
 
-def _out(as_json: bool, data, lines: list[str]) -> None:
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-    else:
-        for line in lines:
-            click.echo(line)
-
-
 def run(action: str | None, roots: list[Path], store_dir: Path, meta: str, dry_run: bool, as_json: bool,
         quiet: bool, reason: str = "chosen with --mode") -> None:
     store = ObjectStore(store_dir)
     progress = Progress(quiet=quiet or as_json)
     if action == "status":
         st = maintain.status(store.open_existing())
-        _out(as_json, st.to_dict(), [
+        emit(as_json, st.to_dict(), [
             f"Store:        {st.store} (composefs mode)",
             f"Objects:      {st.objects}, {human(st.object_bytes)}",
             f"Guests:       {len(st.guests)} ({st.referenced} object references, {human(st.referenced_bytes)})",
@@ -71,7 +62,7 @@ def run(action: str | None, roots: list[Path], store_dir: Path, meta: str, dry_r
     elif action == "verify":
         checked, problems = maintain.verify(store.open_existing(), progress=progress)
         lines = [f"{p.object}: {p.problem}; used by {', '.join(p.guests) or 'no guest'}" for p in problems]
-        _out(as_json, {"checked": checked, "problems": [p.__dict__ for p in problems]},
+        emit(as_json, {"checked": checked, "problems": [p.__dict__ for p in problems]},
              lines + [f"Verified {checked} objects (fs-verity SHA-256), {len(problems)} problems"])
         if problems:
             p = problems[0]
@@ -81,18 +72,18 @@ def run(action: str | None, roots: list[Path], store_dir: Path, meta: str, dry_r
     elif action == "gc":
         res = maintain.gc(store.open_existing(), dry_run=dry_run)
         verb = "Would remove" if dry_run else "Removed"
-        _out(as_json, res, [f"{verb} {res['removed']} objects ({human(res['bytes'])}), "
+        emit(as_json, res, [f"{verb} {res['removed']} objects ({human(res['bytes'])}), "
                             f"{res['listings_removed']} image listings and {res['registrations_removed']} "
                             "registrations of vanished guests"])
     elif action == "split":
         splits = [convert.split(r, progress) for r in roots]
-        _out(as_json, splits, [f"{r['guest']}: a plain directory again" for r in splits])
+        emit(as_json, splits, [f"{r['guest']}: a plain directory again" for r in splits])
     else:
         if dry_run:
             raise click.UsageError("--mode composefs has no dry run (it would have to copy every file to hash it)")
         store.create()
         results = [convert.convert(r, store, meta, progress=progress) for r in roots]
-        _out(as_json, {"mode": "composefs", "reason": reason, "meta": meta,
+        emit(as_json, {"mode": "composefs", "reason": reason, "meta": meta,
                        "guests": [r.to_dict() for r in results]},
              [f"Mode:            composefs ({reason}); metadata layer: {meta}"] + [
                  f"{r.guest}: already a composefs guest (mounted)" if r.already else

@@ -29,14 +29,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from imagefactory.build.plan import BuildOptions
-from imagefactory.core.atomic import remove_tree
+from imagefactory.core.atomic import remove_tree, syncfs
 from imagefactory.core.errors import EnvironmentProblem, ImageFactoryError
 from imagefactory.core.progress import Progress
 from unify.composefs import mount as mnt
 from unify.composefs import underlay
 from unify.composefs.guest import GuestLayers, GuestRecord, clean_stale_staging
 from unify.composefs.layers import build_state
-from unify.composefs.store import ObjectStore, syncfs
+from unify.composefs.store import ObjectStore
 from unify.composefs.tree import TreeReader
 
 

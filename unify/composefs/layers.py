@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from imagefactory.core.atomic import syncfs
 from imagefactory.core.progress import Progress
 from unify.composefs import dump, metadir
 from unify.composefs.guest import GuestLayers, GuestRecord
-from unify.composefs.store import syncfs
 
 if TYPE_CHECKING:
     from imagefactory.build.plan import BuildOptions

@@ -21,7 +21,6 @@ free, so an object either does not exist or holds exactly the content its name s
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import json
 import os
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import xxhash
 
-from imagefactory.core.atomic import write_text
+from imagefactory.core.atomic import syncfs, write_text
 from imagefactory.core.errors import EnvironmentProblem, ImageFactoryError
 from unify.composefs.dump import object_path
 from unify.composefs.verity import digest_fd, is_digest
@@ -41,15 +40,6 @@ HASH_NAME = "fsverity-sha256"
 MODE = "composefs"
 MARKER = ".imagefactory-store"
 CHUNK = 1 << 20
-
-
-def syncfs(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
-            os.sync()
-    finally:
-        os.close(fd)
 
 
 class ObjectStore:
