@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from kernel.qemutest import EXPECTED_RULES, newc_archive, parse_console, parse_debugfs_flags
-from tests.support import need_tool
+from tests.support import QEMU_OPT_IN, need_tool
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,8 +68,7 @@ def test_test_program_compiles_static(tmp_path, program, tag):
     assert b"ld-linux" not in binary.read_bytes()[:4096]  # no dynamic loader: runs as /init
 
 
-OPT_IN = pytest.mark.skipif(os.environ.get("IMAGEFACTORY_QEMU_TESTS") != "1",
-                            reason="opt-in: IMAGEFACTORY_QEMU_TESTS=1")
+OPT_IN = QEMU_OPT_IN
 RECIPES = {"6.1": REPO / "kernel/recipes/host-6.1.toml", "6.12": REPO / "kernel/recipes/host-6.12.toml"}
 
 

@@ -21,7 +21,7 @@ import pytest
 from imagefactory.core.progress import Progress
 from kernel.build import DEFAULT_CACHE
 from kernel.qemutest import _demo_rootfs, boot, parse_console, prepare_kernel
-from tests.support import need_tool
+from tests.support import QEMU_OPT_IN, need_tool
 
 HERE = Path(__file__).resolve().parent / "qemu"
 REPO = HERE.parents[2]
@@ -30,14 +30,11 @@ STEPS = ("quota_available", "auto_picks_quota", "layer_g1", "layer_g2", "g1_writ
          "raise_limit", "g1_writes_after_raise")
 
 
+@QEMU_OPT_IN
 @pytest.mark.slow
-@pytest.mark.root
+@pytest.mark.root  # the VM's root disk keeps owners
 @pytest.mark.network
 def test_quota_way_under_qemu():
-    if os.environ.get("IMAGEFACTORY_QEMU_TESTS") != "1":
-        pytest.skip("opt-in: IMAGEFACTORY_QEMU_TESTS=1 (builds a kernel, boots it under qemu)")
-    if os.geteuid() != 0:
-        pytest.skip("needs root (the VM's root disk keeps owners)")
     need_tool("qemu-system-x86_64", "mkfs.ext4", "dpkg-deb", "mmdebstrap", "tar")
     from imagefactory.build.sources import host_debian_mirror
 
