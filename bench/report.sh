@@ -7,9 +7,7 @@
 # The small tree is cut from the sid minbase that bench/unify.sh caches (etc, var/lib/dpkg,
 # usr/share/perl5, perl-base: ~12 MB, ~1,450 entries), or from the host's own root without it.
 set -euo pipefail
-HERE=$(cd "$(dirname "$0")/.." && pwd)
-IF=${IF:-$HERE/.venv/bin/imagefactory}
-CACHE=${CACHE:-/var/tmp/imagefactory-bench}
+. "$(dirname "$0")/lib.sh"
 WORK=${WORK:-/var/tmp/imagefactory-bench-report}
 N=100
 KEEP=0

@@ -15,10 +15,7 @@
 # (python importing the same modules).
 # The XFS image is sparse, sized 4 GiB + 24 MiB per guest, and removed at the end (unless --keep).
 set -euo pipefail
-HERE=$(cd "$(dirname "$0")/.." && pwd)
-PY=${PY:-$HERE/.venv/bin/python}
-IF=${IF:-$HERE/.venv/bin/imagefactory}
-CACHE=${CACHE:-/var/tmp/imagefactory-bench}
+. "$(dirname "$0")/lib.sh"
 WORK=${WORK:-/var/tmp/imagefactory-scale}
 N=10
 KEEP=0
@@ -33,17 +30,7 @@ done
 [ "$(id -u)" = 0 ] || { echo "bench/scale.sh: needs root (loop mount)" >&2; exit 6; }
 [ -x /usr/bin/time ] || apt-get install -y time >/dev/null
 
-MIRROR=$("$PY" -c 'from imagefactory.build.sources import host_debian_mirror; print(host_debian_mirror())')
-for suite in sid trixie bookworm; do
-    dir=$CACHE/base/$suite
-    if [ ! -e "$dir/.complete" ]; then
-        rm -rf "$dir"; mkdir -p "$CACHE/base"
-        echo "building $suite minbase from $MIRROR" >&2
-        mmdebstrap --quiet --variant=minbase --aptopt='Acquire::Check-Valid-Until "false"' \
-            "$suite" "$dir" "$MIRROR" >&2
-        touch "$dir/.complete"
-    fi
-done
+base_guests sid trixie bookworm
 
 IMG=$WORK/xfs.img
 MNT=$WORK/mnt

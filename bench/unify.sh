@@ -7,10 +7,7 @@
 # Guests (5x sid, 2x trixie, 1x bookworm minbase) are built once with mmdebstrap from the host's
 # own Debian mirror and cached under /var/tmp/imagefactory-bench/ so reruns reuse them.
 set -euo pipefail
-HERE=$(cd "$(dirname "$0")/.." && pwd)
-PY=${PY:-$HERE/.venv/bin/python}
-IF=${IF:-$HERE/.venv/bin/imagefactory}
-CACHE=${CACHE:-/var/tmp/imagefactory-bench}
+. "$(dirname "$0")/lib.sh"
 SCALE=100
 PREPARE_ONLY=0
 while [ $# -gt 0 ]; do
@@ -24,20 +21,7 @@ done
 [ "$(id -u)" = 0 ] || { echo "bench/unify.sh: needs root (mmdebstrap, drop_caches)" >&2; exit 6; }
 [ -x /usr/bin/time ] || apt-get install -y time >/dev/null
 
-MIRROR=$("$PY" -c 'from imagefactory.sources import host_debian_mirror; print(host_debian_mirror())')
-
-# One real minbase build per suite, kept pristine under $CACHE/base/.
-base() {
-    local suite=$1 dir=$CACHE/base/$1
-    if [ ! -e "$dir/.complete" ]; then
-        rm -rf "$dir"; mkdir -p "$CACHE/base"
-        echo "building $suite minbase from $MIRROR" >&2
-        mmdebstrap --quiet --variant=minbase --aptopt='Acquire::Check-Valid-Until "false"' \
-            "$suite" "$dir" "$MIRROR" >&2
-        touch "$dir/.complete"
-    fi
-}
-for s in sid trixie bookworm; do base "$s"; done
+base_guests sid trixie bookworm
 
 # Fresh copies of the 8 guests (re-copied each run: unify/hardlink must start from private files).
 fresh_guests() {
