@@ -265,6 +265,11 @@ def _errno_name(err: int) -> str:
     return "EOPNOTSUPP" if err == errno.EOPNOTSUPP else errno.errorcode.get(err, str(err))
 
 
+def enable_verity_fd(fd: int) -> None:
+    """FS_IOC_ENABLE_VERITY: SHA-256, 4 KiB blocks, no salt (what composefs digests assume)."""
+    fcntl.ioctl(fd, FS_IOC_ENABLE_VERITY, struct.pack("IIIIQIIQ88x", 1, FS_VERITY_HASH_ALG_SHA256, 4096, 0, 0, 0, 0, 0))
+
+
 def try_fsverity(directory: Path) -> tuple[bool, str]:
     """Enable fs-verity on a probe file in directory and measure it; (worked, evidence)."""
     fs = filesystem_type(directory)
@@ -273,8 +278,7 @@ def try_fsverity(directory: Path) -> tuple[bool, str]:
         path.write_bytes(b"imagefactory fs-verity probe\n" * 200)
         fd = os.open(path, os.O_RDONLY)
         try:
-            arg = struct.pack("IIIIQIIQ88x", 1, FS_VERITY_HASH_ALG_SHA256, 4096, 0, 0, 0, 0, 0)
-            fcntl.ioctl(fd, FS_IOC_ENABLE_VERITY, arg)
+            enable_verity_fd(fd)
             digest = bytearray(struct.pack("HH", 0, 64) + bytes(64))
             fcntl.ioctl(fd, FS_IOC_MEASURE_VERITY, digest, True)
         except OSError as exc:

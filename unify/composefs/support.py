@@ -8,15 +8,14 @@ guest in a temporary directory beside the store and reads the file back through 
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
-import fcntl
 import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from unify import probe
 from unify.composefs import metadir
 from unify.composefs.verity import digest_bytes
 
@@ -39,15 +38,9 @@ class Support:
         return {**asdict(self), "usable": self.usable}
 
 
-def _filesystems() -> set[str]:
-    try:
-        text = Path("/proc/filesystems").read_text()
-    except OSError:
-        return set()
-    return {line.split()[-1] for line in text.splitlines() if line.strip()}
-
-
 def _try_overlay(base: Path) -> tuple[bool, str]:
+    """Mount a one-file guest and read it back: unlike the kernel probe (which only mounts), usability
+    needs the redirect into the data-only layer to be followed."""
     content = b"imagefactory composefs probe\n"
     digest = digest_bytes(content)
     with tempfile.TemporaryDirectory(prefix=PROBE_PREFIX, dir=base) as tmp:
@@ -78,37 +71,30 @@ def _try_overlay(base: Path) -> tuple[bool, str]:
 
 
 def enable_verity(path: Path) -> None:
-    """FS_IOC_ENABLE_VERITY (SHA-256, 4 KiB blocks, no salt) on a file nobody has open for writing."""
+    """fs-verity on a file nobody has open for writing (the kernel's ioctl lives in unify/probe.py)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        arg = bytearray(128)  # struct fsverity_enable_arg
-        arg[0:4] = (1).to_bytes(4, "little")  # version
-        arg[4:8] = (1).to_bytes(4, "little")  # hash algorithm: SHA-256
-        arg[8:12] = (4096).to_bytes(4, "little")  # block size
-        fcntl.ioctl(fd, FS_IOC_ENABLE_VERITY, bytes(arg))
+        probe.enable_verity_fd(fd)
     finally:
         os.close(fd)
 
 
 def try_verity(base: Path) -> bool:
-    fd, name = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=base)
+    """Whether files in base can get fs-verity (the kernel probe's own test, its evidence dropped)."""
     try:
-        os.write(fd, b"verity probe\n")
-        os.close(fd)
-        enable_verity(Path(name))
-        return True
+        return probe.try_fsverity(base)[0]
     except OSError:
         return False
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(name)
 
 
 def check(base: Path) -> Support:
     """Probe in directory base (the store, or the directory that will hold it)."""
     base = Path(base)
-    fs = _filesystems()
-    erofs = "erofs" in fs
+    try:
+        fs = {line.split()[-1] for line in Path("/proc/filesystems").read_text().splitlines() if line.split()}
+    except OSError:
+        fs = set()
+    erofs = probe.find_erofs()[0]
     if "overlay" not in fs:
         return Support(False, erofs, False, "the kernel has no overlayfs (not in /proc/filesystems)")
     if os.geteuid() != 0:
