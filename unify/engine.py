@@ -29,6 +29,7 @@ import itertools
 import os
 import secrets
 import sqlite3
+import stat
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -45,7 +46,18 @@ from unify.exclude import Matcher, load_rules
 from unify.ownership import config_files
 from unify.protect import AUTO, MODES, WARNINGS, Mode, Protection
 from unify.store import CHUNK, Store, entry_key, entry_name, hash_fd, meta_of, read_xattrs, same_content
-from unify.walk import FILE_FLAGS, TMP_PREFIX, FileRef, Stat, open_dir, open_root, walk
+from unify.walk import (
+    FILE_FLAGS,
+    TMP_PREFIX,
+    FileRef,
+    Stat,
+    from_readdir,
+    open_dir,
+    open_root,
+    readdir_stat,
+    small_stat,
+    walk,
+)
 
 GROUP_ROWS = 20_000  # index rows per linking chunk: bounds memory and the data one syncfs flushes
 MIN_SIZE = 16  # bytes; smaller files are never unified
@@ -202,6 +214,8 @@ class Unifier:
         self.store_names: set[str] = set()
         self.store_keys: set[tuple] = set()  # store.entry_key() of every name: what index rows refer to
         self.store_sizes: set[int] = set()
+        self.store_dev = -1
+        self.entry_of_inode: dict[int, tuple] = {}  # store entry inode -> entry key (protected modes only)
         self.sizes: Counter = Counter()  # size -> eligible files of that size (distinct sizes only)
         self.in_use: set[tuple] = set()  # entry keys some guest file already is
         self.touched: set[str] = set()  # entries this run linked to
@@ -218,48 +232,81 @@ class Unifier:
     # -- phase 2: walk, decide by stat, hash what changed -----------------------------------------
     def scan(self) -> None:
         shares = self.prot is None or self.prot.shares_inode
-        self.store_names = self.store.names() if self.store.exists() else set()
+        inodes = self.store.inodes() if self.store.exists() else {}
+        self.store_names = set(inodes)
         self.store_keys = {entry_key(n) for n in self.store_names}
         self.store_sizes = {k[2] for k in self.store_keys}
         for root in self.roots:
             self.root_fds.append(open_root(root))
+        # In the inode-sharing modes a unified guest file *is* its entry's inode, so readdir's inode
+        # number finds it without an lstat (see walk.walk); one Stat per entry, shared by every guest.
+        shared: dict[int, Stat] = {}
+        if shares and inodes:
+            store_dev = os.stat(self.store.objects).st_dev
+            keys = dict(zip(inodes.values(), map(entry_key, inodes), strict=True))
+            shared = {ino: readdir_stat(store_dev, ino, key[2]) for ino, key in keys.items() if key[2] >= self.min_size}
+            self.store_dev = store_dev
+            if self.prot is not None and self.prot.flags:
+                self.entry_of_inode = keys
         # (Walking guests in threads was measured: slower warm and no faster cold, GIL-bound.)
         counts: Counter = Counter()
         for g in range(len(self.roots)):
-            self._scan_guest(g, shares, counts)
+            self._scan_guest(g, shares, counts, shared)
         for key in ("dirs", "files", "special", "excluded", "conffiles", "too_small"):
             setattr(self.s, key, counts[key])
         self.s.guests = len(self.roots)
         self._hash_waiting()
 
-    def _scan_guest(self, g: int, shares: bool, counts: Counter) -> None:
+    def _scan_guest(self, g: int, shares: bool, counts: Counter, shared: dict[int, Stat]) -> None:
         root, root_fd = self.roots[g], self.root_fds[g]
         self.progress.count("walking", g + 1, len(self.roots), " guests")
         matcher = Matcher(load_rules(root, self.exclude_file))
         old_gid = index.guest_id(self.old_db, root) if self.old_db is not None else None
-        old = index.records(self.old_db, old_gid)
+        if shared and os.fstat(root_fd).st_dev != self.store_dev:
+            shared = {}
+        dry = self.dry_run
+        old = index.GuestRecords(self.old_db, old_gid, full=dry or not shared)
+        linked_ino = old.linked
         self.db.execute("BEGIN")
         gid = index.add_guest(self.db, root, self.s.mode)
         self.gids.append(gid)
         leftovers: list[tuple[str, str]] = []
-        refs = walk(g, root_fd, matcher, self.min_size, config_files(root_fd), counts, leftovers)
+        refs = walk(g, root_fd, matcher, self.min_size, config_files(root_fd), counts, leftovers, shared)
         rows = []
-        sizes, store_keys, store_sizes, dry = self.sizes, self.store_keys, self.store_sizes, self.dry_run
+        sizes, store_keys, store_sizes = self.sizes, self.store_keys, self.store_sizes
+        in_use = self.in_use if self.prot is not None and self.prot.flags else None  # for reprotect() only
+        already = already_bytes = 0
         dirs = _DirCache(self.root_fds)
         try:
             for ref in refs:
                 st = ref.st
                 size = st.st_size
                 sizes[size] += 1
+                if linked_ino.get(ref.rel) == st.st_ino and from_readdir(st):
+                    # Unified when last seen, and its name still is that inode, a store entry's (readdir
+                    # told): decided without a syscall of its own.
+                    already += 1
+                    already_bytes += size
+                    if in_use is not None:
+                        in_use.add(self.entry_of_inode[st.st_ino])
+                    continue
                 rec = old.get(ref.rel)
-                if rec is not None and rec.digest:
-                    if rec.linked_as(st) and (shares or rec.ctime == st.st_ctime_ns) and rec.entry_key in store_keys:
-                        self.s.already_unified += 1  # decided by stat alone: not opened
-                        self.s.already_bytes += size
-                        self.in_use.add(rec.entry_key)
-                        if dry:
-                            rows.append(index.row_of(gid, ref.rel, rec))
+                if rec is not None and rec.digest and rec.linked_as(st) \
+                        and (shares or rec.ctime == st.st_ctime_ns) and rec.entry_key in store_keys:
+                    already += 1  # decided by stat alone: not opened
+                    already_bytes += size
+                    if in_use is not None:
+                        in_use.add(rec.entry_key)
+                    if dry:
+                        rows.append(index.row_of(gid, ref.rel, rec))
+                    continue
+                if from_readdir(st):  # readdir's inode number did not settle it: the real lstat now
+                    real = self._lstat(ref, dirs)
+                    if real is None:
                         continue
+                    ref.st = st = real
+                    size = st.st_size
+                if rec is not None and rec.digest:
                     if rec.fresh(st):
                         self.s.index_hits += 1
                         if rec.copy is not None or dry:  # (an entry that is gone: link again)
@@ -271,16 +318,30 @@ class Unifier:
                     rows.append(index.row(gid, ref.rel, st))  # waits: hashed if its size turns up again
         finally:
             dirs.close()
+        self.s.already_unified += already
+        self.s.already_bytes += already_bytes
         self.s.candidates += len(refs)
         rows.sort(key=itemgetter(1))  # in key order: B-tree appends, not random inserts (~40 % faster)
         index.put(self.db, rows)
         if not dry and old:
             seen = {ref.rel for ref in refs}
-            index.drop(self.db, gid, [p for p in old if p not in seen])
+            index.drop(self.db, gid, [p for p in old.paths() if p not in seen])
         index.touch_guest(self.db, gid, self.s.mode)
         self.db.execute("COMMIT")
         if not dry:
             self._remove_leftovers(root_fd, leftovers)
+
+    def _lstat(self, ref: FileRef, dirs: _DirCache) -> Stat | None:
+        """A guest file's lstat, None (counted as changed) if it is no regular file any more."""
+        try:
+            st = os.lstat(ref.name, dir_fd=dirs.get(ref.guest, ref.dir_rel))
+        except OSError:
+            self.s.changed += 1
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            self.s.changed += 1
+            return None
+        return small_stat(st)
 
     def _hash_row(self, gid: int, ref: FileRef, dirs: _DirCache) -> tuple | None:
         """Hash one guest file; its index row, or None (counted as changed) if it moved meanwhile.

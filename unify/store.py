@@ -205,12 +205,20 @@ class Store:
 
     def names(self) -> set[str]:
         """Every entry name (a directory listing only: no stat)."""
-        out: set[str] = set()
+        return set(self.inodes())
+
+    def inodes(self) -> dict[str, int]:
+        """Every entry name with its inode number, from the directory listing alone (readdir's
+        d_ino: no stat)."""
+        out: dict[str, int] = {}
         if not self.objects.is_dir():
             return out
         for sub in os.scandir(self.objects):
             if sub.is_dir(follow_symlinks=False):
-                out.update(e.name for e in os.scandir(sub.path) if parse_entry_name(e.name))
+                with os.scandir(sub.path) as it:
+                    for e in it:
+                        if parse_entry_name(e.name):
+                            out[e.name] = e.inode()
         return out
 
     def entries(self) -> Iterator[StoreEntry]:

@@ -12,7 +12,7 @@ import errno
 import os
 import stat
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -90,6 +90,17 @@ def open_guest_dir(root: Path, rel: str) -> int:
         os.close(root_fd)
 
 
+def readdir_stat(dev: int, ino: int, size: int) -> Stat:
+    """A Stat known without an lstat: a guest name whose directory entry carries the inode
+    number of a store entry (in the inode-sharing modes that is the entry's own inode, so its
+    size is the entry's). st_nlink 0 marks it: no lstat returns 0 for a name in a directory."""
+    return Stat(dev, ino, stat.S_IFREG, 0, 0, 0, size, 0, 0, 0)
+
+
+def from_readdir(st: Stat) -> bool:
+    return st.st_nlink == 0
+
+
 def walk(
     guest: int,
     root_fd: int,
@@ -98,20 +109,29 @@ def walk(
     conffiles: set[str],
     counts: Counter,
     leftovers: list[tuple[str, str]],
+    shared: Mapping[int, Stat] | None = None,
 ) -> list[FileRef]:
     """The regular files eligible for unification; every skip is counted by reason.
 
     Leftover temporary names from a killed run are collected in `leftovers`
     as (dir_rel, name) for the caller to remove. (A list, not a generator:
     yielding through one generator per directory level costs more than the stats.)
+
+    `shared` maps inode numbers of store entries on the root's filesystem to their
+    readdir_stat(): a file whose directory entry names one of them gets that Stat, not
+    an lstat (OSTree's dev/ino shortcut: a re-run over unified guests then makes one
+    getdents call per directory and no per-file syscall; the caller lstats the file if
+    its index record does not settle it).
     """
     out: list[FileRef] = []
     root_dev = os.fstat(root_fd).st_dev
-    _walk_dir(guest, root_fd, "", False, root_dev, matcher, min_size, conffiles, counts, leftovers, out)
+    _walk_dir(guest, root_fd, "", False, root_dev, matcher, min_size, conffiles, counts, leftovers, out,
+              shared or {})
     return out
 
 
-def _walk_dir(guest, fd, rel, inside_excluded, root_dev, matcher, min_size, conffiles, counts, leftovers, out):
+def _walk_dir(guest, fd, rel, inside_excluded, root_dev, matcher, min_size, conffiles, counts, leftovers, out,
+              shared):
     counts["dirs"] += 1
     prefix = "/" + rel + "/" if rel else "/"
     verdict, include = matcher.verdict, Verdict.INCLUDE
@@ -134,6 +154,8 @@ def _walk_dir(guest, fd, rel, inside_excluded, root_dev, matcher, min_size, conf
             conf += 1
         elif verdict(path, inside_excluded) is not include:
             excluded += 1
+        elif (known := shared.get(e.inode())) is not None:
+            out.append(FileRef(guest, path[1:], known))
         else:
             st = e.stat(follow_symlinks=False)
             if not stat.S_ISREG(st.st_mode):  # replaced between readdir and stat
@@ -166,7 +188,8 @@ def _walk_dir(guest, fd, rel, inside_excluded, root_dev, matcher, min_size, conf
             if os.fstat(sub).st_dev != root_dev:
                 counts["other_fs"] += 1
                 continue
-            _walk_dir(guest, sub, path[1:], excl, root_dev, matcher, min_size, conffiles, counts, leftovers, out)
+            _walk_dir(guest, sub, path[1:], excl, root_dev, matcher, min_size, conffiles, counts, leftovers, out,
+                      shared)
         finally:
             os.close(sub)
 
