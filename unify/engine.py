@@ -275,7 +275,7 @@ class Unifier:
         rows = []
         sizes, store_keys, store_sizes = self.sizes, self.store_keys, self.store_sizes
         in_use = self.in_use if self.prot is not None and self.prot.flags else None  # for reprotect() only
-        already = already_bytes = 0
+        already = already_bytes = recorded = 0
         dirs = _DirCache(self.root_fds)
         try:
             for ref in refs:
@@ -291,6 +291,8 @@ class Unifier:
                         in_use.add(self.entry_of_inode[st.st_ino])
                     continue
                 rec = old.get(ref.rel)
+                if rec is not None:
+                    recorded += 1
                 if rec is not None and rec.digest and rec.linked_as(st) \
                         and (shares or rec.ctime == st.st_ctime_ns) and rec.entry_key in store_keys:
                     already += 1  # decided by stat alone: not opened
@@ -323,7 +325,7 @@ class Unifier:
         self.s.candidates += len(refs)
         rows.sort(key=itemgetter(1))  # in key order: B-tree appends, not random inserts (~40 % faster)
         index.put(self.db, rows)
-        if not dry and old:
+        if not dry and already + recorded != len(old):  # some recorded path was not met: drop its row
             seen = {ref.rel for ref in refs}
             index.drop(self.db, gid, [p for p in old.paths() if p not in seen])
         index.touch_guest(self.db, gid, self.s.mode)

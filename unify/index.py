@@ -212,8 +212,8 @@ class GuestRecords:
             rec = Record._make(found) if found else None
         return rec
 
-    def __bool__(self) -> bool:
-        return bool(self.linked or self.other)
+    def __len__(self) -> int:
+        return len(self.linked) + len(self.other)
 
     def paths(self) -> Iterator[str]:
         yield from self.linked

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from imagefactory.core.errors import RecipeError
 from unify import probe
@@ -121,3 +123,25 @@ def test_rpm_config_files_are_read_from_the_guest_database(tmp_path):
     assert s.conffiles == 2 and s.linked == 2
     assert (guests[0] / "usr/share/cfgtoy/app.cfg").stat().st_nlink == 1
     assert (guests[0] / "usr/share/cfgtoy/other").stat().st_nlink == 3
+
+
+_PATH_PARTS = ["etc", "usr", "share", "doc", "ls-R", "gconf", "schemas", "root", ".ssh", "id_rsa", "var", "tmp",
+               "a", "b.c", "x*y", "[q]"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(parts=st.lists(st.sampled_from(_PATH_PARTS), min_size=1, max_size=6), inside_excluded=st.booleans(),
+       extra=st.lists(st.sampled_from(["/usr/*/b.c", "+/usr/share/doc/a", "~/var/?mp/*", "/etc/[ab]*",
+                                       "-/x*y/*", "/usr/share"]), max_size=3))
+def test_file_matcher_gives_the_same_verdict_as_verdict(parts, inside_excluded, extra):
+    """The walk's per-directory subset of rules must decide every file as the full list does."""
+    rules = parse_rules(DEFAULT_LIST.read_text() + "\n" + "\n".join(extra))
+    matcher = Matcher(rules)
+    path = "/" + "/".join(parts)
+    prefix = path.rpartition("/")[0] + "/"
+    rules = matcher.every_rule
+    for depth in range(1, len(parts) + 1):  # narrowed directory by directory, as the walk does
+        rules = matcher.below("/" + "".join(p + "/" for p in parts[:depth - 1]), rules)
+    m = matcher.file_matcher(prefix, rules)(path)
+    fast_excluded = inside_excluded if m is None else matcher.verdict_of(m) is not Verdict.INCLUDE
+    assert fast_excluded == (matcher.verdict(path, inside_excluded) is not Verdict.INCLUDE)
