@@ -15,9 +15,10 @@
 # them shared with a quarter of the other guests). Then, in one run and on the same trees:
 #   hardlink -c -n (the anchor), unify -n (first run, no store), unify (real, hardlink mode),
 #   unify again (unchanged), unify after 1 % of every guest's files got new content, report --json.
-# Each line: wall time, CPU time (user + system: steadier than wall time on a shared machine),
-# peak RSS (/usr/bin/time -v), and bytes per regular file above the interpreter's own peak
-# (python importing the same modules).
+# Each line: wall time, CPU time (user + system, worker processes included: steadier than wall time
+# on a shared machine), peak RSS (/usr/bin/time -v, plus each unify worker process's own peak above
+# the interpreter), and bytes per regular file above the interpreter's own peak (python importing
+# the same modules).
 # The XFS image is sparse, sized 4 GiB + 24 MiB per guest, and removed at the end (unless --keep).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -92,7 +93,7 @@ touch "$MADE"
 fi
 G=("$MNT"/g/g*)
 FILES=$(find "$MNT/g" -type f | wc -l)
-echo "== $N guests, $FILES regular files, made in $(( $(date +%s) - t0 )) s; load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== $N guests, $FILES regular files, made (or found) in $(( $(date +%s) - t0 )) s; load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "   loop XFS: $(df -h --output=used,size "$MNT" | tail -1)"
 [ "$MAKE_ONLY" = 1 ] && { echo "   kept in $IMG: measure with $0 --guests $N --reuse"; exit 0; }
 
@@ -107,8 +108,17 @@ run() {
     wall=$(awk -F': ' '/Elapsed \(wall clock\)/ { n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; print s }' "$T/$label.time")
     cpu=$(awk -F': ' '/(User|System) time/ { s += $2 } END { print s }' "$T/$label.time")
     rss=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$T/$label.time")
-    printf '%-34s %9.2f s %9.2f s %9d MiB %8.0f B/file\n' "$label" "$wall" "$cpu" $((rss / 1024)) \
-        "$(awk -v r="$rss" -v b="$BASE_KIB" -v f="$FILES" 'BEGIN { print (r - b) * 1024 / f }')"
+    # unify's worker processes: time(1) sees only the largest process, so each worker's peak above
+    # the interpreter is added (an upper bound: forked workers share the parent's pages)
+    local extra
+    extra=$("$PY" -c 'import json, sys
+try:
+    d = json.load(open(sys.argv[1]))
+    print(d.get("workers", 0) * max(0, d.get("worker_rss_kib", 0) - int(sys.argv[2])))
+except Exception:
+    print(0)' "$T/$label.out" "$BASE_KIB")
+    printf '%-34s %9.2f s %9.2f s %9d MiB %8.0f B/file\n' "$label" "$wall" "$cpu" $(((rss + extra) / 1024)) \
+        "$(awk -v r="$((rss + extra))" -v b="$BASE_KIB" -v f="$FILES" 'BEGIN { print (r - b) * 1024 / f }')"
     eval "WALL_${label//[^a-z0-9]/_}=$wall"
 }
 jget() { "$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$T/$1.out" "$2"; }

@@ -27,7 +27,7 @@ def summary_lines(s: engine.Summary) -> list[str]:
         f"Files:           {s.files} regular ({s.candidates} eligible; excluded {s.excluded}, "
         f"config files {s.conffiles}, too small {s.too_small}); {s.special} symlinks/special skipped",
         f"Hashed:          {s.hashed} files, {human(s.hashed_bytes)} (index reused {s.index_hits})",
-        f"Already unified: {s.already_unified} files, {human(s.already_bytes)}",
+        f"Already unified: {s.already_unified} files, {human(s.already_bytes)} ({s.by_inode} known by inode number)",
         f"{would + ':':<17}{s.linked} files ({s.new_entries} new store entries; "
         f"{s.duplicates} duplicates, as hardlink(1) counts)",
         *([f"Link limit:      {s.overflow_entries} overflow entries started (EMLINK)"] if s.overflow_entries else []),
@@ -71,10 +71,13 @@ def unify() -> None:
 @click.option("--exclude-from", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Exclude list (+/~/- fnmatch lines) replacing the default; a guest's own "
                    "<ROOT>.vunify-exclude still wins.")
+@click.option("-j", "--workers", type=click.IntRange(min=0), default=0,
+              help="Processes that walk and hash guests (the index is written by one). "
+                   "[default: 0 = one per usable CPU, at most 4]")
 @_json_option
 @click.option("-v", "--verbose", is_flag=True, help="List every file linked (with -n: that would be linked).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
-def run(roots, store, mode, dry_run, ignore_mtime, min_size, exclude_from, as_json, verbose, quiet) -> None:
+def run(roots, store, mode, dry_run, ignore_mtime, min_size, exclude_from, workers, as_json, verbose, quiet) -> None:
     """Replace identical files in the GUEST_ROOTs by links to one protected store entry.
 
     Files are shared only when content and the metadata a link shares (mode,
@@ -89,7 +92,8 @@ def run(roots, store, mode, dry_run, ignore_mtime, min_size, exclude_from, as_js
       imagefactory unify status --store /vservers/.hash
       imagefactory unify split /vservers/web1 --store /vservers/.hash
     """
-    opts = engine.UnifyOptions(mode, dry_run, ignore_mtime, min_size, exclude_from, list_files=verbose)
+    opts = engine.UnifyOptions(mode, dry_run, ignore_mtime, min_size, exclude_from, list_files=verbose,
+                               workers=workers)
     s = engine.run(list(roots), store, opts, Progress(quiet=quiet or as_json))
     for w in s.warnings:
         click.echo(f"imagefactory: warning: {w}", err=True)

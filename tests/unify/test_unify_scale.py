@@ -103,13 +103,13 @@ def test_rerun_decides_by_stat_alone_and_never_opens_unified_files(tmp_path, mon
     real_open = Unifier._open_guest_file
     monkeypatch.setattr(Unifier, "_open_guest_file", lambda self, ref, dirs: opened.append(ref.rel)
                         or real_open(self, ref, dirs))
-    again = unify(guests, store, mode="hardlink")
+    again = unify(guests, store, mode="hardlink", workers=1)  # the spy counts in this process only
     assert (again.hashed, again.linked, again.already_unified) == (0, 0, 66)
     assert opened == []
     os.unlink(guests[1] / "usr/share/f07")
     write(guests[1] / "usr/lib/libx.so.new", b"\x7fELF shared library BODY " * 200)
     os.rename(guests[1] / "usr/lib/libx.so.new", guests[1] / "usr/lib/libx.so")
-    third = unify(guests, store, mode="hardlink")
+    third = unify(guests, store, mode="hardlink", workers=1)
     assert (third.already_unified, third.hashed, third.linked) == (64, 1, 0)
     assert opened == ["usr/lib/libx.so"]  # its size matches an entry's, so it is read; nothing else
     recs = index.read(store, guests[1])
@@ -130,3 +130,30 @@ def test_dry_run_writes_nothing_and_reads_an_existing_index(tmp_path):
     assert (dry.already_unified, dry.linked, dry.hashed) == (2, 0, 0)
     assert sorted(os.listdir(store)) == listing
     assert not any(Path(store, n).name.endswith(("-journal", "-wal", "-shm")) for n in os.listdir(store))
+
+
+def test_worker_processes_give_the_same_index_and_figures_as_one(tmp_path):
+    """Guests walked and hashed in two worker processes: the same links, entries, index rows and counts
+    as in one process; a re-run finds every unified file by readdir's inode number in the workers too."""
+    results = []
+    for workers in (1, 2):
+        base = tmp_path / f"w{workers}"
+        guests = [base / f"g{i}" for i in range(4)]
+        for i, g in enumerate(guests):
+            write(g / "usr/bin/tool", b"#!/bin/sh\necho shared tool\n" * 40, 0o755)
+            write(g / "usr/share/doc/own", f"guest {i} only\n".encode() * 10)  # a unique size per guest
+            for j in range(12):
+                write(g / f"usr/share/f{j:02d}", f"file {j} shared by every guest\n".encode() * (4 + j % 3))
+            write(g / "usr/share/pair", b"twin of guest %d" % (i // 2) * 9)  # shared by two guests
+        store = base / "store"
+        first = unify(guests, store, mode="hardlink", workers=workers)
+        again = unify(guests, store, mode="hardlink", workers=workers)
+        rows = {g.name: {p: (r.digest, r.metakey, r.copy) for p, r in index.read(store, g).items()} for g in guests}
+        results.append((first, again, rows, sorted(Store(store).names())))
+    (one, one_again, one_rows, one_names), (two, two_again, two_rows, two_names) = results
+    figures = ("files", "candidates", "hashed", "linked", "new_entries", "duplicates", "bytes_saved", "changed")
+    assert [getattr(one, f) for f in figures] == [getattr(two, f) for f in figures]
+    assert one.linked == 4 * 13 + 4 and one.new_entries == 13 + 2
+    assert one_rows == two_rows and one_names == two_names
+    assert (two_again.already_unified, two_again.by_inode, two_again.hashed) == (one.linked, one.linked, 0)
+    assert (one_again.already_unified, one_again.by_inode) == (one.linked, one.linked)
