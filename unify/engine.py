@@ -3,11 +3,14 @@
 Order of work, chosen so that a SIGKILL at any instant is harmless and memory
 stays bounded by the largest guest, not by the number of files:
 1. remove temp names a killed run left (store tmp/, `.ifunify-*` in guest dirs);
-2. walk one guest at a time (no symlink is followed) against that guest's index
-   records: a file whose stat fingerprint still matches is decided by stat alone
-   (one already linked to its entry is not even opened); a new or changed file
-   is hashed at once if a file of its size was seen before or a store entry has
-   its size, else it waits; the guest's changed rows go to the index;
+2. walk one guest at a time per worker process (no symlink is followed) against
+   that guest's index records: in the inode-sharing modes a name whose readdir
+   inode number is the store entry it was linked to is decided with no syscall
+   of its own; a file whose stat fingerprint still matches is decided by stat
+   alone (one already linked to its entry is not even opened); a new or changed
+   file is hashed at once if a file of its size was seen before or a store entry
+   has its size, else it waits; the main process writes the guest's changed rows
+   to the index (workers only read guests and the index);
 3. hash the waiting files whose size turned up again later (staged grouping:
    size first, content only when a size repeats, as hardlink(1) and fclones do);
 4. read the not-yet-linked rows from the index in key order (digest, metakey,
