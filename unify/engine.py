@@ -314,11 +314,13 @@ class Unifier:
             self._shared_scan = (shares, shared)  # inherited by the fork, not sent with every task
             ctx = multiprocessing.get_context("fork")
             self.s.workers = min(self.workers, n)
-            with ctx.Pool(self.s.workers, initializer=_worker_start) as pool:
-                for g, found in enumerate(pool.imap(_worker_scan, range(n))):
-                    self.progress.count("walking", g + 1, n, " guests")
-                    self._record(g, found, counts)
-            _WORKER = None
+            try:
+                with ctx.Pool(self.s.workers, initializer=_worker_start) as pool:
+                    for g, found in enumerate(pool.imap(_worker_scan, range(n))):
+                        self.progress.count("walking", g + 1, n, " guests")
+                        self._record(g, found, counts)
+            finally:
+                _WORKER = None
         else:
             for g in range(n):
                 self.progress.count("walking", g + 1, n, " guests")
