@@ -17,6 +17,14 @@ the command as a one-shot container (`lxc-execute`) with the same limits.
 systemd-nspawn is the engine where systemd is PID 1 (`machinectl start`
 with the seeded nspawn files); this module drives LXC, which needs no
 service manager.
+
+A container's state comes from the kernel's table of unix sockets first
+(/proc/net/unix, read once for any number of guests): LXC's monitor listens on
+an abstract "command socket" named after the container's lxcpath and name for
+as long as the container is not STOPPED, so a container without that listener
+is STOPPED, as `lxc-info` itself concludes when its connect is refused. Only
+for the containers whose listener exists is `lxc-info -sH` asked, since only
+LXC's monitor knows whether it is RUNNING, FROZEN, STARTING or STOPPING.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +49,14 @@ from unify.composefs.guest import GuestLayers
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KEEPER = ("/bin/sleep", "infinity")  # the guest's own sleep keeps an init-less guest up
 SHELLS = (("/bin/bash", "-l"), ("/bin/sh", "-l"))  # util-vserver's `enter` order
+UNIX_SOCKETS = Path("/proc/net/unix")  # this network namespace's unix sockets, as LXC's clients see them
+SUN_PATH = 108  # sizeof(struct sockaddr_un.sun_path) on Linux
+ACCEPTCON = 0x10000  # __SO_ACCEPTCON in the Flags column: a listening socket
+SOCK_STREAM = 1  # the Type column of LXC's command socket
+FNV64_OFFSET, FNV64_PRIME = 0xCBF29CE484222325, 0x100000001B3  # LXC's fnv_64a_buf (FNV-1a, 64 bit)
+# lxc-info processes at once; measured when all 1,000 guests were asked, on the 2 shared cores: 8 took 1.9-2.4 s,
+# one at a time 2.9-3.7 s, 16 slower
+LXC_INFO_AT_ONCE = 8
 
 
 class GuestStateError(ImageFactoryError):
@@ -87,12 +105,88 @@ def _tool(name: str) -> str:
     return path
 
 
-def lxc_state(lxcpath: Path, name: str) -> str | None:
-    """LXC's state of a container: RUNNING, STOPPED, STARTING, ... (None without LXC or its config)."""
-    if shutil.which("lxc-info") is None or not (lxcpath / name / "config").is_file():
-        return None
+def fnv1a_64(data: bytes) -> int:
+    value = FNV64_OFFSET
+    for byte in data:
+        value = ((value ^ byte) * FNV64_PRIME) & 0xFFFFFFFFFFFFFFFF
+    return value
+
+
+def command_socket(lxcpath: str, name: str) -> bytes:
+    """The abstract address (without its leading NUL) LXC's monitor listens on for a container.
+
+    LXC's rule (lxc_make_abstract_socket_name in src/lxc/commands_utils.c, the same in 4.0, 5.0 and
+    6.x): "LXCPATH/NAME/command" when it fits sun_path less a leading and a trailing NUL (105 bytes),
+    else "lxc/HASH/command" with HASH the 64-bit FNV-1a of "LXCPATH/NAME" in 16 hex digits. LXCPATH is
+    the string the container was started with (`-P`), never resolved; LXC drops trailing slashes
+    and newlines (remove_trailing_slashes).
+    """
+    lxcpath = lxcpath.rstrip("/\n")
+    plain = os.fsencode(f"{lxcpath}/{name}/command")
+    if len(plain) < SUN_PATH - 2:
+        return plain
+    return b"lxc/%016x/command" % fnv1a_64(os.fsencode(f"{lxcpath}/{name}"))
+
+
+def listening_sockets(table: bytes) -> frozenset[bytes]:
+    """Abstract names (without the '@' the kernel shows for the leading NUL) of the listening
+    stream sockets in a /proc/net/unix table."""
+    names = set()
+    for line in table.split(b"\n")[1:]:
+        # Num RefCount Protocol Flags Type St Inode Path: the path is the rest of the line, as is.
+        fields = line.split(None, 7)
+        if len(fields) == 8 and fields[7].startswith(b"@") and int(fields[3], 16) & ACCEPTCON \
+                and int(fields[4], 16) == SOCK_STREAM:
+            names.add(fields[7][1:])
+    return frozenset(names)
+
+
+def _lxc_info_state(lxcpath: Path, name: str) -> str | None:
     result = subprocess.run(["lxc-info", "-P", str(lxcpath), "-n", name, "-sH"], capture_output=True, text=True)
     return result.stdout.strip() or None
+
+
+def lxc_states(containers: Sequence[tuple[Path, str]]) -> list[str | None]:
+    """LXC's state of each (lxcpath, name): RUNNING, STOPPED, FROZEN, STARTING, ... (None without
+    LXC or the container's config), as `lxc-info -sH` says it.
+
+    One read of /proc/net/unix decides every container without a listening command socket:
+    STOPPED, which is what lxc-info concludes when its connect is refused (the table is this
+    network namespace's, the one lxc-info would connect in). The others are asked with
+    `lxc-info -sH`, LXC_INFO_AT_ONCE at a time: the socket only says LXC's monitor is up, which
+    it is from STARTING to STOPPING and while FROZEN (lxc-freeze), and a frozen guest is not
+    RUNNING for `exec` and `enter`, so a listener alone is not reported as RUNNING. Cost
+    (bench/guests.sh, 1,000 guests): ~30 ms for the table and the names, plus ~1.7 ms per
+    running guest. Without /proc/net/unix every container is asked.
+    """
+    if shutil.which("lxc-info") is None:
+        return [None] * len(containers)
+    try:
+        listening: frozenset[bytes] | None = listening_sockets(UNIX_SOCKETS.read_bytes())
+    except OSError:
+        listening = None
+    states: list[str | None] = [None] * len(containers)
+    ask = []
+    for i, (lxcpath, name) in enumerate(containers):
+        if not (lxcpath / name / "config").is_file():
+            continue
+        if listening is not None and command_socket(str(lxcpath), name) not in listening:
+            states[i] = "STOPPED"
+        else:
+            ask.append(i)
+    if len(ask) < 2:
+        for i in ask:
+            states[i] = _lxc_info_state(*containers[i])
+        return states
+    with ThreadPoolExecutor(max_workers=LXC_INFO_AT_ONCE) as pool:
+        for i, state_ in zip(ask, pool.map(lambda i: _lxc_info_state(*containers[i]), ask), strict=True):
+            states[i] = state_
+    return states
+
+
+def lxc_state(lxcpath: Path, name: str) -> str | None:
+    """LXC's state of one container (see lxc_states)."""
+    return lxc_states([(lxcpath, name)])[0]
 
 
 def state(guest: Installed) -> str:
