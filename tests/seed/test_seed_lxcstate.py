@@ -3,12 +3,17 @@
 The unit tests run on lines captured from this host's /proc/net/unix (Linux 6.x, LXC 5.0.2): real
 LXC command sockets, the hashed name LXC gives a long lxcpath, and the sockets that must not count
 (an accepted connection left after its listener closed, a bound socket that does not listen, a
-datagram socket, a path socket). The root test runs real containers and compares with lxc-info.
+datagram socket, a path socket). Stand-in monitors (listeners on the names LXC would use) show
+when lxc-info is still run. The root test runs real containers and compares with lxc-info.
 """
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -61,26 +66,59 @@ def _guest(tmp: Path, name: str, config: bool = True) -> tuple[Path, str]:
     return lxcpath, name
 
 
-def test_only_guests_with_a_listening_socket_are_asked(tmp_path, monkeypatch):
-    up, down, bare = _guest(tmp_path, "up"), _guest(tmp_path, "down"), _guest(tmp_path, "bare", config=False)
-    table = tmp_path / "unix"
-    table.write_bytes(CAPTURED + b"0000000000000001: 00000002 00000000 00010000 0001 01 1 @"
-                      + runtime.command_socket(str(up[0]), "up") + b"\n")
-    asked = []
-    monkeypatch.setattr(runtime, "UNIX_SOCKETS", table)
-    monkeypatch.setattr(runtime.shutil, "which", lambda name: f"/usr/bin/{name}")
-    monkeypatch.setattr(runtime, "_lxc_info_state", lambda lxcpath, name: asked.append(name) or "FROZEN")
-    assert runtime.lxc_states([up, down, bare]) == ["FROZEN", "STOPPED", None]
-    assert asked == ["up"]  # the monitor alone knows RUNNING from FROZEN; STOPPED needs no one
-    assert runtime.lxc_state(*down) == "STOPPED" and asked == ["up"]
+@contextmanager
+def _monitor(lxcpath: Path, name: str, answer: bytes) -> Iterator[list[bytes]]:
+    """A listener where LXC's monitor of lxcpath/name would listen, answering each request with
+    `answer`; yields the requests it got."""
+    requests: list[bytes] = []
+    done = threading.Event()
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(b"\0" + runtime.command_socket(str(lxcpath), name))
+    server.listen()
+    server.settimeout(0.05)
 
-    monkeypatch.setattr(runtime, "UNIX_SOCKETS", tmp_path / "no-such-table")
-    asked.clear()
-    assert runtime.lxc_states([up, down, bare]) == ["FROZEN", "FROZEN", None]
-    assert sorted(asked) == ["down", "up"]  # without the table every defined guest is asked
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                requests.append(conn.recv(64))
+                conn.sendall(answer)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        yield requests
+    finally:
+        done.set()
+        thread.join()
+        server.close()
+
+
+def test_monitors_are_asked_and_lxc_info_only_when_they_do_not_answer_as_lxc(tmp_path, monkeypatch):
+    frozen, denied, garbled = (_guest(tmp_path, n) for n in ("frozen", "denied", "garbled"))
+    down, bare = _guest(tmp_path, "down"), _guest(tmp_path, "bare", config=False)
+    asked: list[str] = []
+    monkeypatch.setattr(runtime.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(runtime, "_lxc_info_state", lambda lxcpath, name: asked.append(name) or "RUNNING")
+    with _monitor(*frozen, runtime.LXC_CMD.pack(0, 0, 6)) as requests, \
+            _monitor(*denied, runtime.LXC_CMD.pack(-1, 0, 0)), _monitor(*garbled, b"\x02"):
+        guests = [frozen, denied, garbled, down, bare]
+        assert runtime.lxc_states(guests) == ["FROZEN", "RUNNING", "RUNNING", "STOPPED", None]
+        assert sorted(asked) == ["denied", "garbled"]  # the others needed no lxc-info
+        assert requests == [runtime.LXC_CMD.pack(runtime.LXC_CMD_GET_STATE, 0, 0)]
+        assert runtime.lxc_state(*frozen) == "FROZEN" and runtime.lxc_state(*down) == "STOPPED"
+
+        monkeypatch.setattr(runtime, "UNIX_SOCKETS", tmp_path / "no-such-table")
+        asked.clear()
+        assert runtime.lxc_states(guests) == ["FROZEN", "RUNNING", "RUNNING", "STOPPED", None]
+        assert sorted(asked) == ["denied", "garbled"]  # without the table every monitor is tried
 
     monkeypatch.setattr(runtime.shutil, "which", lambda name: None)
-    assert runtime.lxc_states([up, down]) == [None, None]  # no LXC installed
+    assert runtime.lxc_states([frozen, down]) == [None, None]  # no LXC installed
 
 
 def _lxc(tool: str, lxcpath: Path, name: str, *args: str) -> subprocess.CompletedProcess:
@@ -115,6 +153,7 @@ def test_states_of_real_containers_agree_with_lxc_info(lxc_host):
 
         assert _lxc("lxc-freeze", *pairs[1]).returncode == 0
         assert agreed() == ["RUNNING", "FROZEN"]
+        assert [runtime.ask_monitor(n) for n in names] == ["RUNNING", "FROZEN"]  # no lxc-info needed
         assert deep.guests()["hashed"]["state"] == "FROZEN"
         assert _lxc("lxc-unfreeze", *pairs[1]).returncode == 0
 
