@@ -6,11 +6,13 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support import need_tool
+from tests.support.seed import LxcHost, lxc_bridge
 
 
 def pytest_collection_modifyitems(config, items):
@@ -57,3 +59,17 @@ def other_key(tmp_path_factory) -> Path:
     subprocess.run(["gpgconf", "--kill", "all"], env=env, capture_output=True)
     shutil.rmtree(home, ignore_errors=True)
 
+
+
+@pytest.fixture
+def lxc_host(tmp_path) -> Iterator[LxcHost]:
+    """Guests LXC really runs, under tmp_path, on a bridge of their own; all stopped afterwards (root)."""
+    need_tool("lxc-start", "lxc-execute", "lxc-attach", "lxc-stop", "lxc-info", "ip", "mkfs.ext4", "busybox")
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    with lxc_bridge() as bridge:
+        host = LxcHost(tmp_path, bridge)
+        try:
+            yield host
+        finally:
+            host.cleanup()

@@ -241,8 +241,8 @@ def check_guests(vdir: Path, confdir: Path, as_json: bool, quiet: bool) -> None:
 def guests(confdir, as_json, usage) -> None:
     """List guests: name, context id, image + version, limits (and with --usage: size, shared %).
 
-    Without --usage the roots are not walked (1,000 guests: 0.5 s, ~2 s with LXC's state
-    asked for each); size and shared % then show as "-" (null in JSON).
+    Without --usage the roots are not walked (1,000 guests: 0.4-0.9 s, 1.0-1.9 s with all of
+    them running, bench/guests.sh); size and shared % then show as "-" (null in JSON).
     """
     rows = inventory.list_guests(confdir.absolute(), os.sysconf("SC_PAGE_SIZE"), measure=usage, live=True)
     if as_json:

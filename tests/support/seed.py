@@ -11,10 +11,16 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import zstandard
+
+from imagefactory.seed import disk, runtime
 
 SECURE_DEVS = [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9),
                ("tty", 5, 0), ("ptmx", 5, 2)]
@@ -119,3 +125,63 @@ def busybox_image(directory_: Path, name: str = "bb", *, shared: bytes = b"") ->
     if shared:
         entries.append(entry("./usr/share/shared.bin", data=shared))
     return write_image(directory_, name, entries)
+
+
+SHARED_BIN = bytes(range(256)) * (80 * 1024)  # 20 MiB, the same in every guest of LxcHost's image
+
+
+class LxcHost:
+    """A vdir + confdir under tmp whose guests LXC really runs (macvlan on `bridge`), seeded from a
+    busybox image carrying SHARED_BIN as usr/share/shared.bin; the CLI runs as a subprocess."""
+
+    def __init__(self, tmp: Path, bridge: str):
+        self.tmp, self.bridge = tmp, bridge
+        self.vdir, self.confdir = tmp / "vservers", tmp / "etc"
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.image = busybox_image(tmp, shared=SHARED_BIN)
+        self.count = 0
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "imagefactory", *args], capture_output=True, text=True,
+                              timeout=120)
+
+    def seed(self, name: str, *extra: str) -> None:
+        self.count += 1
+        result = self.cli("seed", str(self.image), name, "--vdir", str(self.vdir), "--confdir", str(self.confdir),
+                          "--ip", f"10.0.0.{10 + self.count}/24", "--dev", self.bridge, "-q", *extra)
+        assert result.returncode == 0, result.stderr
+
+    def start(self, name: str) -> runtime.Installed:
+        result = self.cli("start", name, "--confdir", str(self.confdir))
+        assert result.returncode == 0, result.stderr
+        return runtime.find(self.confdir, name)
+
+    def exec(self, name: str, *command: str) -> subprocess.CompletedProcess:
+        return self.cli("exec", name, "--confdir", str(self.confdir), "--", *command)
+
+    def guests(self) -> dict[str, dict]:
+        result = self.cli("guests", "--confdir", str(self.confdir), "--json")
+        assert result.returncode == 0, result.stderr
+        return {g["name"]: g for g in json.loads(result.stdout)}
+
+    def cleanup(self) -> None:
+        if not self.confdir.is_dir():
+            return
+        for conf in self.confdir.iterdir():
+            if (conf / "lxc").is_dir():
+                subprocess.run(["lxc-stop", "-P", str(conf / "lxc"), "-n", conf.name, "-k"], capture_output=True)
+                root = conf / os.readlink(conf / "vdir")
+                disk.detach(disk.Layer(Path(os.path.normpath(root))))
+        self.cli("umount", "--all", "--confdir", str(self.confdir))  # composefs roots
+
+
+@contextmanager
+def lxc_bridge() -> Iterator[str]:
+    """A bridge for the guests' macvlan links, removed afterwards (root)."""
+    bridge = f"iflim{os.getpid() % 100000}"
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+    try:
+        subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
+        yield bridge
+    finally:
+        subprocess.run(["ip", "link", "del", bridge], check=False)
