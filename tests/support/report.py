@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 from pathlib import Path
+
+import xxhash
 
 SIZES = {"a": 10_000, "b": 50_000, "c": 3_000, "d": 7_000}
 
@@ -106,3 +109,66 @@ def build_copies(base: Path, guests: int = 3) -> list[Path]:
             os.chmod(g / "usr/bin/tool", 0o700)
     return roots
 
+
+
+def _data(seed: int, size: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def build_mixed(base: Path, guests: int = 4) -> list[Path]:
+    """Unlinked guests with every case `report --what-if` tells apart (deterministic content).
+
+    Shared by all guests: usr/lib/libc.so.6, usr/bin/perl (plus a second name, usr/bin/perl5.36,
+    hard-linked in the last guest), usr/share/doc/big (a second copy in guest2); renamed in the
+    last guest: usr/share/doc/renamed -> other-name; usr/bin/tool is mode 0700 in the last guest
+    (its own group); usr/lib/tie.so has one content in guests 0-1 and another of the same size in
+    the others (two groups with equal savings and path, the first met listed first, though its
+    key sorts last); usr/share/conf.d/setting is a dpkg conffile in guest0 only. Private:
+    etc/config (excluded), usr/share/tiny (below the minimum size), usr/share/own (a size met
+    once), usr/share/same-size (a size every guest has, contents all differ), usr/share/doc/x
+    and its hard link y in the last guest, var/lib/dpkg/info (excluded).
+    """
+    lib, perl, big, renamed, setting, tool = (_data(s, n) for s, n in
+                                              ((1, 30_000), (2, 20_000), (3, 60_000), (4, 5_000), (5, 17_000),
+                                               (6, 12_345)))
+    x, y = _data(7, 8_000), _data(8, 8_000)
+    if xxhash.xxh3_128(x).digest() < xxhash.xxh3_128(y).digest():
+        x, y = y, x
+    roots = []
+    for i in range(guests):
+        g = base / f"guest{i}"
+        roots.append(g)
+        for d in ("usr/lib", "usr/bin", "usr/share/doc", "usr/share/conf.d", "etc", "var/lib/dpkg/info"):
+            (g / d).mkdir(parents=True)
+        last = i == guests - 1
+        files = {
+            "usr/lib/libc.so.6": lib,
+            "usr/bin/perl": perl,
+            "usr/lib/tie.so": x if i < 2 else y,
+            "usr/share/doc/big": big,
+            "usr/share/doc/" + ("other-name" if last else "renamed"): renamed,
+            "etc/config": lib,
+            "usr/share/conf.d/setting": setting,
+            "usr/share/tiny": b"tiny\n",
+            "usr/share/own": _data(100 + i, 9_000 + i),
+            "usr/share/same-size": _data(200 + i, 7_777),
+            "usr/bin/tool": tool,
+            "var/lib/dpkg/info/libc6:amd64.list": b"/.\n/usr\n/usr/lib\n/usr/lib/libc.so.6\n",
+            "var/lib/dpkg/info/perl-base.list": b"/usr/bin/perl\n/usr/bin/perl5.36\n",
+            "var/lib/dpkg/info/tie.list": b"/usr/lib/tie.so\n/usr/share/doc/big\n",
+        }
+        if i == 0:
+            files["var/lib/dpkg/info/settings.conffiles"] = b"/usr/share/conf.d/setting\n"
+        if i == 2:
+            files["usr/share/doc/big-copy"] = big
+        if last:
+            files["usr/share/doc/x"] = _data(9, 11_111)
+        for rel, content in files.items():
+            (g / rel).write_bytes(content)
+            os.utime(g / rel, (MTIME, MTIME))
+        if last:
+            os.link(g / "usr/bin/perl", g / "usr/bin/perl5.36")
+            os.link(g / "usr/share/doc/x", g / "usr/share/doc/y")
+            os.chmod(g / "usr/bin/tool", 0o700)
+        os.symlink("usr/bin", g / "bin")
+    return roots

@@ -11,7 +11,7 @@ import pytest
 
 from tests.support import need_tool
 from tests.support.report import SIZES, build_fixture, du, du_total
-from unify.report.figures import link_histogram
+from unify.report.figures import Builder, Group, link_histogram
 from unify.report.measure import measure
 
 
@@ -222,3 +222,30 @@ def test_absurd_nesting_is_refused(tmp_path):
     (g / "/".join(["d"] * 520)).mkdir(parents=True)
     with pytest.raises(UnsafeInput):
         measure([g])
+
+
+def test_top_lists_keep_only_what_they_show(tmp_path):
+    """Thousands of shared groups: the lists equal those of a full sort, ties in the order met."""
+    roots = [tmp_path / "a", tmp_path / "b"]  # no dpkg database: no owners
+    b = Builder(roots, top=3)
+    expected = []
+    for n in range(5_000):
+        path = f"/usr/lib/f{n % 7}.so.1" if n % 3 == 0 else f"/usr/share/f{n % 11}"
+        grp = Group(100, 4096 * (n % 13), (n % 2, path))
+        grp.occ.extend([0, 1] if n % 17 else [0])  # every 17th is one guest's own file
+        grp.paths.extend(grp.occ)
+        grp.inodes = len(grp.occ)
+        b.settle(grp, True, n)
+        if len(grp.occ) == 2:
+            expected.append((-grp.disk, path, n))
+    expected.sort()
+    r = b.finish("what-if", None, True, {})
+    assert [(i.path, i.guest, -i.saved_bytes) for i in r.top_shared] == \
+        [(p, roots[n % 2].name, s) for s, p, n in expected[:3]]
+    carrying = [e for e in expected[:2000] if e[0] < 0]
+    assert r.top_packages == [{"package": "(no package)", "files": len(carrying),
+                               "saved_bytes": -sum(e[0] for e in carrying)}]
+    libs = [e for e in expected if ".so" in e[1]]
+    assert r.shared_libraries["files"] == len(libs)
+    assert r.shared_libraries["copies"] == 2 * len(libs)
+    assert [(i["path"], i["saved_bytes"]) for i in r.shared_libraries["top"]] == [(p, -s) for s, p, _ in libs[:3]]

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import array
 import heapq
+import itertools
 import os
 import re
 import stat
 from collections import defaultdict
 from dataclasses import asdict
+from operator import itemgetter
 from pathlib import Path
 
 from unify.ownership import PackageDb
@@ -57,6 +59,15 @@ class Group:
     def shared(self) -> bool:
         return self.in_store or self.inodes > 1 or len(set(self.occ)) > 1
 
+    def vote(self, g: int, relpath: str) -> None:
+        """One more file joins: Boyer-Moore majority vote for the usual name, in O(1) memory."""
+        if relpath == self.where[1]:
+            self.votes += 1
+        elif self.votes:
+            self.votes -= 1
+        else:
+            self.where, self.votes = (g, relpath), 1
+
 
 class GuestCount:
     """Per-guest walk state: du's once-per-inode rule inside the guest."""
@@ -92,6 +103,15 @@ class Builder:
         self.real_apparent = 0
         self._seen: set[tuple[int, int]] = set()
         self.store_overhead = 0  # store bytes not standing for a reported guest's file
+        self.first_seen: dict[int, int] = defaultdict(int)  # guest index -> shared group bytes met there first
+        self.within = 0  # extra names of a store entry inside one guest (du counts them once)
+        # Settled shared groups, ((-saved, path, order), FileItem): the lines that save most (the top
+        # lists and the per-package table need no more), the same for shared libraries, and sums
+        # over every shared library (files, bytes, copies, page cache saved).
+        self._keep = max(50 * top, 2000)
+        self._best: list[tuple] = []
+        self._libs: list[tuple] = []
+        self._lib_sums = [0, 0, 0, 0]
 
     def count_real(self, st: os.stat_result) -> None:
         if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
@@ -115,82 +135,74 @@ class Builder:
         grp = self.groups.get(key)
         if grp is None:
             grp = self.groups[key] = Group(size, disk, (g, relpath))
-        elif relpath == grp.where[1]:  # Boyer-Moore majority vote: the usual name, in O(1) memory
-            grp.votes += 1
-        elif grp.votes:
-            grp.votes -= 1
         else:
-            grp.where, grp.votes = (g, relpath), 1
+            grp.vote(g, relpath)
         return grp
 
-    def finish(self, mode: str, store: StoreFigures | None, attribute_shared: bool, totals: dict) -> Report:
-        """Classify groups, attribute shared bytes, and build every list of the report.
+    def settle(self, grp: Group, attribute_shared: bool, order: int) -> None:
+        """Account one complete group: a private file, or its guests' shared figures and its line.
 
-        attribute_shared: add each shared group's bytes to its guests here (inode and
-        what-if modes); reflink mode measured them per file already.
+        attribute_shared: add a shared group's bytes to its guests here (inode and what-if
+        modes); reflink mode measured them per file already. order: when the group was met
+        (ties in the top lists keep that order).
         """
-        first_seen: dict[int, int] = defaultdict(int)  # guest index -> shared group bytes met there first
-        within = 0  # extra names of a store entry inside one guest (du counts them once)
-        items: list[FileItem] = []
-        for grp in self.groups.values():
-            if not grp.occ:
-                continue
-            if not grp.shared():
-                self.private(grp.occ[0], grp.where[1], grp.size, grp.disk)
-                continue
-            if attribute_shared:
-                for g in grp.occ:
-                    self.guests[g].shared_bytes += grp.disk
-            for g in grp.paths:
-                self.guests[g].shared_files += 1
-            first_seen[min(grp.occ)] += grp.disk
-            if grp.in_store:
-                within += grp.disk * (len(grp.paths) - len(grp.occ))
-            g0, rel = grp.where
-            items.append(FileItem(rel, self.guests[g0].name, grp.size, grp.disk, None,
-                                  len(set(grp.occ)), len(grp.occ), len(grp.paths), grp.disk * (len(grp.occ) - 1)))
-        items.sort(key=lambda i: (-i.saved_bytes, i.path))
-        dbs = {g.name: PackageDb(Path(g.root)) for g in self.guests}
+        if not grp.occ:
+            return
+        if not grp.shared():
+            self.private(grp.occ[0], grp.where[1], grp.size, grp.disk)
+            return
+        if attribute_shared:
+            for g in grp.occ:
+                self.guests[g].shared_bytes += grp.disk
+        for g in grp.paths:
+            self.guests[g].shared_files += 1
+        self.first_seen[min(grp.occ)] += grp.disk
+        if grp.in_store:
+            self.within += grp.disk * (len(grp.paths) - len(grp.occ))
+        g0, rel = grp.where
+        item = FileItem(rel, self.guests[g0].name, grp.size, grp.disk, None,
+                        len(set(grp.occ)), len(grp.occ), len(grp.paths), grp.disk * (len(grp.occ) - 1))
+        ranked = ((-item.saved_bytes, rel, order), item)
+        _offer(self._best, ranked, self._keep)
+        if SHARED_LIBRARY.search(rel) and item.copies > 1:
+            sums = self._lib_sums
+            sums[0] += 1
+            sums[1] += item.size
+            sums[2] += item.copies
+            sums[3] += item.size * (item.copies - 1)
+            _offer(self._libs, ranked, self.top)
 
-        def owner(item: FileItem) -> str | None:
-            if item.package is None:
-                item.package = dbs[item.guest].owner(item.path)
-            return item.package
-
+    def finish(self, mode: str, store: StoreFigures | None, attribute_shared: bool, totals: dict) -> Report:
+        """Settle the groups still held, and build every list of the report."""
+        for n, grp in enumerate(self.groups.values()):
+            self.settle(grp, attribute_shared, n)
+        items = [i for _, i in sorted(self._best, key=itemgetter(0))[: self._keep]]
+        libs = [i for _, i in sorted(self._libs, key=itemgetter(0))[: self.top]]
         top_shared = items[: self.top]
-        for item in top_shared:
-            owner(item)
+        carrying = list(itertools.takewhile(lambda i: i.saved_bytes > 0, items))  # the files that carry the savings
+        self._packages([*top_shared, *carrying, *libs])
         per_package: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        for item in items[: max(50 * self.top, 2000)]:  # the files that carry the savings
-            if item.saved_bytes <= 0:
-                break
-            slot = per_package[owner(item) or "(no package)"]
+        for item in carrying:
+            slot = per_package[item.package or "(no package)"]
             slot[0] += 1
             slot[1] += item.saved_bytes
         top_packages = [
             {"package": p, "files": n, "saved_bytes": b}
             for p, (n, b) in sorted(per_package.items(), key=lambda kv: (-kv[1][1], kv[0]))[: self.top]
         ]
-        libs = [i for i in items if SHARED_LIBRARY.search(i.path) and i.copies > 1]
-        for item in libs[: self.top]:
-            owner(item)
+        files, size, copies, page_cache = self._lib_sums
         shared_libraries = {
-            "files": len(libs),
-            "bytes": sum(i.size for i in libs),
-            "copies": sum(i.copies for i in libs),
-            "page_cache_saved_bytes": sum(i.size * (i.copies - 1) for i in libs),
-            "top": [asdict(i) for i in libs[: self.top]],
+            "files": files,
+            "bytes": size,
+            "copies": copies,
+            "page_cache_saved_bytes": page_cache,
+            "top": [asdict(i) for i in libs],
         }
-        for g, heap in enumerate(self.heaps):
-            guest = self.guests[g]
-            db = dbs.pop(guest.name)  # dropped after this guest: 1,000 loaded dpkg databases would not fit
-            for disk, size, rel in sorted(heap, reverse=True):
-                guest.largest_private.append(FileItem(rel, guest.name, size, disk, db.owner(rel)))
         without = sum(g.disk_bytes for g in self.guests)
         cumulative, run_without, run_with = [], 0, self.store_overhead
         for i, guest in enumerate(self.guests):
             run_without += guest.disk_bytes
-            run_with += guest.private_bytes + first_seen.get(i, 0)
+            run_with += guest.private_bytes + self.first_seen.get(i, 0)
             cumulative.append({"guests": i + 1, "name": guest.name,
                                "without_bytes": run_without, "with_bytes": run_with})
         disk = run_with
@@ -204,11 +216,35 @@ class Builder:
             "saved_percent": round(100.0 * (without - disk) / without, 2) if without else 0.0,
             "shared_bytes": sum(g.shared_bytes for g in self.guests),
             "store_overhead_bytes": self.store_overhead,
-            "within_guest_links_bytes": within,
+            "within_guest_links_bytes": self.within,
             **totals,
         }
         return Report(mode, self.guests, store, totals, top_shared, top_packages, shared_libraries, cumulative)
 
+    def _packages(self, items: list[FileItem]) -> None:
+        """The owning package of `items` and of every guest's largest private files.
+
+        One guest's package database is loaded at a time: the lines of a report on 1,000 guests
+        may name files of any of them, and 1,000 loaded dpkg databases would not fit.
+        """
+        by_guest: dict[str, list[FileItem]] = defaultdict(list)
+        for item in items:
+            by_guest[item.guest].append(item)
+        for g, guest in enumerate(self.guests):
+            db = PackageDb(Path(guest.root))
+            for item in by_guest.get(guest.name, ()):
+                if item.package is None:
+                    item.package = db.owner(item.path)
+            for disk, size, rel in sorted(self.heaps[g], reverse=True):
+                guest.largest_private.append(FileItem(rel, guest.name, size, disk, db.owner(rel)))
+
+
+def _offer(ranked: list[tuple], entry: tuple, limit: int) -> None:
+    """Keep the `limit` smallest entries of a stream (sorting and cutting now and then: O(limit) memory)."""
+    ranked.append(entry)
+    if len(ranked) >= 2 * limit:
+        ranked.sort(key=itemgetter(0))
+        del ranked[limit:]
 
 def guest_name(root: Path, roots: list[Path]) -> str:
     """The guest's directory name, or its full path when two guests share a name."""
