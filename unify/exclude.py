@@ -56,22 +56,29 @@ class Matcher:
 
     def __init__(self, rules: list[Rule]) -> None:
         self.rules = rules
-        alternatives = [f"(?P<r{i}>{fnmatch.translate(r.pattern)})" for i, r in enumerate(rules)]
-        self._regex = re.compile("|".join(alternatives)) if alternatives else None
-        self._include_prefixes = [
-            _WILDCARDS.split(r.pattern, 1)[0] for r in rules if r.verdict is Verdict.INCLUDE
-        ]
         self._literals = [_WILDCARDS.split(r.pattern, 1)[0] for r in rules]  # each rule's start before a wildcard
+        self._include_prefixes = [lit for lit, r in zip(self._literals, rules, strict=True)
+                                  if r.verdict is Verdict.INCLUDE]
         self._subsets: dict[tuple[int, ...], Callable[[str], re.Match | None]] = {}
+        self._match = self._compiled(self.every_rule)
+
+    def _compiled(self, picked: tuple[int, ...]) -> Callable[[str], re.Match | None]:
+        """One regular expression for the rules `picked`, each a named group r<index> (the first
+        match wins, as alternation does), cached per set."""
+        found = self._subsets.get(picked)
+        if found is None:
+            if picked:
+                found = re.compile("|".join(f"(?P<r{i}>{fnmatch.translate(self.rules[i].pattern)})"
+                                            for i in picked)).match
+            else:
+                found = _no_match
+            self._subsets[picked] = found
+        return found
 
     def match(self, path: str) -> Verdict | None:
         """The verdict of the first rule matching `path`, or None."""
-        if self._regex is None:
-            return None
-        m = self._regex.match(path)
-        if m is None or m.lastgroup is None:
-            return None
-        return self.rules[int(m.lastgroup[1:])].verdict
+        m = self._match(path)
+        return None if m is None else self.verdict_of(m)
 
     @property
     def every_rule(self) -> tuple[int, ...]:
@@ -91,17 +98,8 @@ class Matcher:
         the same verdicts as verdict() (a test checks), but a sid guest's /usr files meet one of the
         default list's 27 rules instead of all of them."""
         lits = self._literals
-        picked = tuple(i for i in rules if prefix.startswith(lits[i])
-                       or (lits[i].startswith(prefix) and "/" not in lits[i][len(prefix):]))
-        found = self._subsets.get(picked)
-        if found is None:
-            if picked:
-                found = re.compile("|".join(f"(?P<r{i}>{fnmatch.translate(self.rules[i].pattern)})"
-                                            for i in picked)).match
-            else:
-                found = _no_match
-            self._subsets[picked] = found
-        return found
+        return self._compiled(tuple(i for i in rules if prefix.startswith(lits[i])
+                                    or (lits[i].startswith(prefix) and "/" not in lits[i][len(prefix):])))
 
     def verdict_of(self, m: re.Match) -> Verdict:
         """The verdict of a file_matcher() match."""
