@@ -27,3 +27,27 @@ base_guests() {
         fi
     done
 }
+
+# drifted_guests MNT N: N reflink copies of the cached minbase guests (sid:trixie:bookworm 5:2:1) as
+# MNT/g/gNNNN, each drifted by bench/scale_perturb.py (two at a time). MNT must be a reflink
+# filesystem (bench/scale.sh and bench/whatif.sh use a loop XFS); call base_guests first.
+drifted_guests() {
+    local mnt=$1 n=$2
+    cp -a --reflink=auto "$CACHE"/base/sid "$CACHE"/base/trixie "$CACHE"/base/bookworm "$mnt"/
+    mkdir -p "$mnt/g"
+    seq 1 "$n" | MNT=$mnt HERE=$HERE xargs -P 2 -I{} bash -c '
+        suites=(sid sid sid sid sid trixie trixie bookworm)
+        d=$MNT/g/g$(printf %04d {})
+        cp -a --reflink=always "$MNT/${suites[$(( ({} - 1) % 8 ))]}" "$d"
+        rm -f "$d/.complete"
+        python3 "$HERE/bench/scale_perturb.py" drift "$d" {}'
+}
+
+# time_figures FILE: "WALL CPU RSS_KIB" from a /usr/bin/time -v report (CPU = user + system, waited-for
+# children included)
+time_figures() {
+    awk -F': ' '/Elapsed \(wall clock\)/ { n = split($2, p, ":"); w = 0; for (i = 1; i <= n; i++) w = w * 60 + p[i] }
+                /(User|System) time/ { c += $2 }
+                /Maximum resident set size/ { r = $2 }
+                END { print w, c, r }' "$1"
+}

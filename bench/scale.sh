@@ -75,20 +75,8 @@ AVAIL_MIB=$(df -m --output=avail "$WORK" | tail -1)
 truncate -s "${SIZE_MIB}M" "$IMG"
 mkfs.xfs -q -m reflink=1 "$IMG"
 mount -o loop "$IMG" "$MNT"
-cp -a --reflink=auto "$CACHE"/base/sid "$CACHE"/base/trixie "$CACHE"/base/bookworm "$MNT"/
-
-suites=(sid sid sid sid sid trixie trixie bookworm)
-mkdir -p "$MNT/g"
 t0=$(date +%s)
-make_guest() {
-    local i=$1 d
-    d=$MNT/g/g$(printf %04d "$i")
-    cp -a --reflink=always "$MNT/${suites[$(( (i - 1) % 8 ))]}" "$d"
-    rm -f "$d/.complete"
-    python3 "$HERE/bench/scale_perturb.py" drift "$d" "$i"
-}
-export -f make_guest; export MNT HERE; export suites_str="${suites[*]}"
-seq 1 "$N" | xargs -P 2 -I{} bash -c 'suites=($suites_str); make_guest {}'
+drifted_guests "$MNT" "$N"
 touch "$MADE"
 fi
 G=("$MNT"/g/g*)
@@ -105,9 +93,7 @@ run() {
     /usr/bin/time -v -o "$T/$label.time" "$@" > "$T/$label.out" 2> "$T/$label.err" \
         || { echo "FAILED: $*" >&2; tail -5 "$T/$label.err" >&2; exit 1; }
     local wall rss cpu
-    wall=$(awk -F': ' '/Elapsed \(wall clock\)/ { n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; print s }' "$T/$label.time")
-    cpu=$(awk -F': ' '/(User|System) time/ { s += $2 } END { print s }' "$T/$label.time")
-    rss=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$T/$label.time")
+    read -r wall cpu rss < <(time_figures "$T/$label.time")
     # unify's worker processes: time(1) sees only the largest process, so each worker's peak above
     # the interpreter is added (an upper bound: forked workers share the parent's pages)
     local extra

@@ -51,15 +51,7 @@ if ! mountpoint -q "$MNT"; then
 fi
 if [ ! -d "$MNT/g" ] || [ "$(ls "$MNT/g" | wc -l)" != "$N" ]; then  # (--keep: the same guests again)
     rm -rf "$MNT/g"
-    cp -a --reflink=auto "$CACHE"/base/sid "$CACHE"/base/trixie "$CACHE"/base/bookworm "$MNT"/
-    suites=(sid sid sid sid sid trixie trixie bookworm)
-    mkdir -p "$MNT/g"
-    for i in $(seq 1 "$N"); do
-        d=$MNT/g/g$(printf %04d "$i")
-        cp -a --reflink=always "$MNT/${suites[$(( (i - 1) % 8 ))]}" "$d"
-        rm -f "$d/.complete"
-        python3 "$HERE/bench/scale_perturb.py" drift "$d" "$i"
-    done
+    drifted_guests "$MNT" "$N"
 fi
 G=("$MNT"/g/g*)
 FILES=$(find "$MNT/g" -type f | wc -l)
@@ -71,9 +63,7 @@ run() {
     local label=$1 pp=$2 base wall cpu rss
     base=$(PYTHONPATH=$pp /usr/bin/time -f %M "$PY" -c 'import imagefactory.cli, unify.engine, unify.report.cli' 2>&1 >/dev/null)
     PYTHONPATH=$pp /usr/bin/time -v -o "$T/$label.time" "$IF" report -q --what-if --json "${G[@]}" > "$T/$label.json"
-    wall=$(awk -F': ' '/Elapsed \(wall clock\)/ { n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; print s }' "$T/$label.time")
-    cpu=$(awk -F': ' '/(User|System) time/ { s += $2 } END { print s }' "$T/$label.time")
-    rss=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$T/$label.time")
+    read -r wall cpu rss < <(time_figures "$T/$label.time")
     printf '%-30s %8.1f s %8.1f s %7d MiB %7.0f B/file (interpreter %d MiB)\n' "$label" "$wall" "$cpu" \
         $((rss / 1024)) "$(awk -v r="$rss" -v b="$base" -v f="$FILES" 'BEGIN { print (r - b) * 1024 / f }')" \
         $((base / 1024))
