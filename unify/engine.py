@@ -286,7 +286,8 @@ class Unifier:
         shares = self.prot is None or self.prot.shares_inode
         inodes = self.store.inodes() if self.store.exists() else {}
         self.store_names = set(inodes)
-        self.store_keys = {entry_key(n) for n in self.store_names}
+        keys = {ino: entry_key(name) for name, ino in inodes.items()}  # entry inode -> its key
+        self.store_keys = set(keys.values())
         self.store_sizes = {k[2] for k in self.store_keys}
         for root in self.roots:
             self.root_fds.append(open_root(root))
@@ -295,7 +296,6 @@ class Unifier:
         shared: dict[int, Stat] = {}
         if shares and inodes:
             store_dev = os.stat(self.store.objects).st_dev
-            keys = dict(zip(inodes.values(), map(entry_key, inodes), strict=True))
             shared = {ino: readdir_stat(store_dev, ino, key[2]) for ino, key in keys.items() if key[2] >= self.min_size}
             self.store_dev = store_dev
             if self.prot is not None and self.prot.flags:

@@ -44,11 +44,17 @@ def _report(as_json: bool, rows: list[dict], verb: str) -> None:
         click.echo(f"{r['name']}: {verb if r['changed'] else 'already ' + verb} ({r['root']})")
 
 
+def _guest_selection(f):
+    """NAMES / --all / --confdir / --json: which composefs guests, and how to report."""
+    f = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(f)
+    f = click.option("--confdir", type=DIR, default=Path("/etc/vservers"), show_default=True,
+                     help="util-vserver config base.")(f)
+    f = click.option("--all", "every", is_flag=True, help="Every composefs guest in --confdir.")(f)
+    return click.argument("names", nargs=-1)(f)
+
+
 @click.command("mount")
-@click.argument("names", nargs=-1)
-@click.option("--all", "every", is_flag=True, help="Every composefs guest in --confdir.")
-@click.option("--confdir", type=DIR, default=Path("/etc/vservers"), show_default=True, help="util-vserver config base.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_guest_selection
 def mount_cmd(names, every, confdir, as_json) -> None:
     """Mount composefs guests at their roots (finishing any interrupted conversion first)."""
     rows = []
@@ -62,10 +68,7 @@ def mount_cmd(names, every, confdir, as_json) -> None:
 
 
 @click.command("umount")
-@click.argument("names", nargs=-1)
-@click.option("--all", "every", is_flag=True, help="Every composefs guest in --confdir.")
-@click.option("--confdir", type=DIR, default=Path("/etc/vservers"), show_default=True, help="util-vserver config base.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_guest_selection
 def umount_cmd(names, every, confdir, as_json) -> None:
     """Unmount composefs guests (their roots are then empty directories; nothing is lost)."""
     rows = [{"name": name, "root": str(layers.root), "changed": mnt.umount(layers)}
